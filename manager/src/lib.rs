@@ -1,0 +1,4 @@
+//! The cluster manager: the Raft-replicated store, the control API, the certificate authority
+//! and (with later issues) the control loops.
+
+pub mod store;

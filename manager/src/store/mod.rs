@@ -1,0 +1,358 @@
+//! The typed store: the desired state every manager holds, changed only by applying committed
+//! Raft commands. [`Store::apply`] is a pure function of the store and a command, so every replica
+//! that applies the same log ends in the same state.
+
+mod types;
+
+pub use types::*;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A write proposed through Raft. `now_ms` is the proposer's clock, used for timestamps so that
+/// replicas stay identical.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub now_ms: i64,
+    pub op: Op,
+}
+
+/// What a command does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Creates the cluster: settings and the first manager. Refused once settings exist.
+    Bootstrap { settings: ClusterSettings, first_manager: Node },
+    /// Generic writes, applied all or nothing.
+    Batch(Vec<Change>),
+    /// Read-modify-write of a node in the state machine, so concurrent updates never conflict.
+    UpdateNode {
+        id: String,
+        availability: Option<Availability>,
+        labels_add: BTreeMap<String, String>,
+        labels_remove: Vec<String>,
+    },
+    /// Sets a node's role (promote / demote).
+    SetNodeRole { id: String, role: NodeRole },
+    /// Replaces the secret of the worker or manager join token.
+    RotateJoinToken { role: NodeRole, secret: String },
+}
+
+/// One generic write. `expected_version`, when given, must equal the stored object's version
+/// (optimistic concurrency for read-modify-write loops).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Create(Object),
+    Update { object: Object, expected_version: Option<u64> },
+    Delete { kind: Kind, id: String, expected_version: Option<u64> },
+}
+
+/// The outcome of applying a command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    #[default]
+    Ok,
+    /// The node after an `UpdateNode` or `SetNodeRole`.
+    Node(Node),
+    /// The command was refused; nothing changed.
+    Rejected(StoreError),
+}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StoreError {
+    #[error("the cluster is already initialised")]
+    AlreadyBootstrapped,
+    #[error("the cluster is not initialised")]
+    NotBootstrapped,
+    #[error("{kind} {id} not found")]
+    NotFound { kind: String, id: String },
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: String, id: String },
+    #[error("{kind} name {name:?} is already in use")]
+    NameInUse { kind: String, name: String },
+    #[error("{kind} {id} changed since it was read (version {expected} expected, {actual} found)")]
+    VersionConflict { kind: String, id: String, expected: u64, actual: u64 },
+}
+
+/// A change to one object, as seen by watchers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Created(Object),
+    /// The object after the change.
+    Updated(Object),
+    /// The object as it was.
+    Deleted(Object),
+}
+
+/// The desired state. Tables are keyed by object id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    pub settings: Option<ClusterSettings>,
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+    pub networks: BTreeMap<String, Network>,
+    pub secrets: BTreeMap<String, Blob>,
+    pub configs: BTreeMap<String, Blob>,
+    pub subnet_leases: BTreeMap<String, SubnetLease>,
+}
+
+impl Store {
+    /// Applies a committed command at log `index`. On `Rejected` nothing changed and no events
+    /// are returned.
+    pub fn apply(&mut self, index: u64, command: &Command) -> (Response, Vec<Event>) {
+        let now = command.now_ms;
+        let mut events = Vec::new();
+        let result = match &command.op {
+            Op::Bootstrap { settings, first_manager } => {
+                self.bootstrap(index, now, settings, first_manager, &mut events)
+            }
+            Op::Batch(changes) => self.apply_batch(index, now, changes, &mut events),
+            Op::UpdateNode { id, availability, labels_add, labels_remove } => {
+                self.modify_node(index, now, id, &mut events, |node| {
+                    if let Some(availability) = availability {
+                        node.availability = *availability;
+                    }
+                    for key in labels_remove {
+                        node.labels.remove(key);
+                    }
+                    for (key, value) in labels_add {
+                        node.labels.insert(key.clone(), value.clone());
+                    }
+                })
+            }
+            Op::SetNodeRole { id, role } => {
+                self.modify_node(index, now, id, &mut events, |node| node.role = *role)
+            }
+            Op::RotateJoinToken { role, secret } => match self.settings.as_mut() {
+                None => Err(StoreError::NotBootstrapped),
+                Some(settings) => {
+                    match role {
+                        NodeRole::Worker => settings.worker_token_secret = secret.clone(),
+                        NodeRole::Manager => settings.manager_token_secret = secret.clone(),
+                    }
+                    Ok(Response::Ok)
+                }
+            },
+        };
+        match result {
+            Ok(response) => (response, events),
+            Err(error) => (Response::Rejected(error), Vec::new()),
+        }
+    }
+
+    fn bootstrap(
+        &mut self,
+        index: u64,
+        now: i64,
+        settings: &ClusterSettings,
+        first_manager: &Node,
+        events: &mut Vec<Event>,
+    ) -> Result<Response, StoreError> {
+        if self.settings.is_some() {
+            return Err(StoreError::AlreadyBootstrapped);
+        }
+        self.settings = Some(settings.clone());
+        let mut node = first_manager.clone();
+        stamp_created(&mut node.meta, index, now);
+        self.nodes.insert(node.meta.id.clone(), node.clone());
+        events.push(Event::Created(Object::Node(node)));
+        Ok(Response::Ok)
+    }
+
+    fn modify_node(
+        &mut self,
+        index: u64,
+        now: i64,
+        id: &str,
+        events: &mut Vec<Event>,
+        modify: impl FnOnce(&mut Node),
+    ) -> Result<Response, StoreError> {
+        let node = self.nodes.get_mut(id).ok_or_else(|| not_found(Kind::Node, id))?;
+        modify(node);
+        node.meta.version = index;
+        node.meta.updated_at_ms = now;
+        events.push(Event::Updated(Object::Node(node.clone())));
+        Ok(Response::Node(node.clone()))
+    }
+
+    /// Applies every change or none: changes are applied in order with an undo log, and on the
+    /// first refusal the earlier ones are undone.
+    fn apply_batch(
+        &mut self,
+        index: u64,
+        now: i64,
+        changes: &[Change],
+        events: &mut Vec<Event>,
+    ) -> Result<Response, StoreError> {
+        let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::new();
+        for change in changes {
+            if let Err(error) = self.apply_change(index, now, change, &mut undo, events) {
+                for (kind, id, previous) in undo.into_iter().rev() {
+                    match previous {
+                        Some(object) => {
+                            self.put(object);
+                        }
+                        None => {
+                            self.remove(kind, &id);
+                        }
+                    }
+                }
+                events.clear();
+                return Err(error);
+            }
+        }
+        Ok(Response::Ok)
+    }
+
+    fn apply_change(
+        &mut self,
+        index: u64,
+        now: i64,
+        change: &Change,
+        undo: &mut Vec<(Kind, String, Option<Object>)>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), StoreError> {
+        match change {
+            Change::Create(object) => {
+                let kind = object.kind();
+                let id = object.meta().id.clone();
+                if self.get(kind, &id).is_some() {
+                    return Err(StoreError::AlreadyExists { kind: kind.as_str().into(), id });
+                }
+                if let Some(name) = self.name_taken_by_other(object) {
+                    return Err(StoreError::NameInUse { kind: kind.as_str().into(), name });
+                }
+                let mut object = object.clone();
+                stamp_created(object.meta_mut(), index, now);
+                undo.push((kind, id, None));
+                self.put(object.clone());
+                events.push(Event::Created(object));
+            }
+            Change::Update { object, expected_version } => {
+                let kind = object.kind();
+                let id = object.meta().id.clone();
+                let current = self.get(kind, &id).ok_or_else(|| not_found(kind, &id))?;
+                check_version(kind, &id, *expected_version, current.meta().version)?;
+                if let Some(name) = self.name_taken_by_other(object) {
+                    return Err(StoreError::NameInUse { kind: kind.as_str().into(), name });
+                }
+                let created_at = current.meta().created_at_ms;
+                let mut object = object.clone();
+                let meta = object.meta_mut();
+                meta.version = index;
+                meta.created_at_ms = created_at;
+                meta.updated_at_ms = now;
+                undo.push((kind, id, self.put(object.clone())));
+                events.push(Event::Updated(object));
+            }
+            Change::Delete { kind, id, expected_version } => {
+                let current = self.get(*kind, id).ok_or_else(|| not_found(*kind, id))?;
+                check_version(*kind, id, *expected_version, current.meta().version)?;
+                let removed = self.remove(*kind, id);
+                if let Some(object) = &removed {
+                    events.push(Event::Deleted(object.clone()));
+                }
+                undo.push((*kind, id.clone(), removed));
+            }
+        }
+        Ok(())
+    }
+
+    /// The object of `kind` with `id`, if any.
+    pub fn get(&self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
+            Kind::Service => self.services.get(id).cloned().map(Object::Service),
+            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
+            Kind::Network => self.networks.get(id).cloned().map(Object::Network),
+            Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
+            Kind::Config => self.configs.get(id).cloned().map(Object::Config),
+            Kind::SubnetLease => self.subnet_leases.get(id).cloned().map(Object::SubnetLease),
+        }
+    }
+
+    /// Stores `object`, returning the one it replaced.
+    fn put(&mut self, object: Object) -> Option<Object> {
+        let id = object.meta().id.clone();
+        match object {
+            Object::Node(o) => self.nodes.insert(id, o).map(Object::Node),
+            Object::Service(o) => self.services.insert(id, o).map(Object::Service),
+            Object::Task(o) => self.tasks.insert(id, o).map(Object::Task),
+            Object::Network(o) => self.networks.insert(id, o).map(Object::Network),
+            Object::Secret(o) => self.secrets.insert(id, o).map(Object::Secret),
+            Object::Config(o) => self.configs.insert(id, o).map(Object::Config),
+            Object::SubnetLease(o) => self.subnet_leases.insert(id, o).map(Object::SubnetLease),
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Node => self.nodes.remove(id).map(Object::Node),
+            Kind::Service => self.services.remove(id).map(Object::Service),
+            Kind::Task => self.tasks.remove(id).map(Object::Task),
+            Kind::Network => self.networks.remove(id).map(Object::Network),
+            Kind::Secret => self.secrets.remove(id).map(Object::Secret),
+            Kind::Config => self.configs.remove(id).map(Object::Config),
+            Kind::SubnetLease => self.subnet_leases.remove(id).map(Object::SubnetLease),
+        }
+    }
+
+    /// For named kinds, the name of `object` if another object of its kind already uses it.
+    fn name_taken_by_other(&self, object: &Object) -> Option<String> {
+        let id = &object.meta().id;
+        let taken = |name: &String, mut names: Box<dyn Iterator<Item = (&String, &String)> + '_>| {
+            names.any(|(other_id, other_name)| other_id != id && other_name == name).then(|| name.clone())
+        };
+        match object {
+            Object::Service(o) => taken(&o.name, Box::new(self.services.iter().map(|(k, v)| (k, &v.name)))),
+            Object::Network(o) => taken(&o.name, Box::new(self.networks.iter().map(|(k, v)| (k, &v.name)))),
+            Object::Secret(o) => taken(&o.name, Box::new(self.secrets.iter().map(|(k, v)| (k, &v.name)))),
+            Object::Config(o) => taken(&o.name, Box::new(self.configs.iter().map(|(k, v)| (k, &v.name)))),
+            Object::Node(_) | Object::Task(_) | Object::SubnetLease(_) => None,
+        }
+    }
+
+    /// Finds a node by exact id, hostname, or unique id prefix.
+    pub fn find_node(&self, reference: &str) -> Result<&Node, String> {
+        if let Some(node) = self.nodes.get(reference) {
+            return Ok(node);
+        }
+        let by_name: Vec<&Node> = self.nodes.values().filter(|n| n.hostname == reference).collect();
+        let candidates = if by_name.is_empty() {
+            self.nodes.values().filter(|n| !reference.is_empty() && n.meta.id.starts_with(reference)).collect()
+        } else {
+            by_name
+        };
+        match candidates.as_slice() {
+            [node] => Ok(node),
+            [] => Err(format!("node {reference} not found")),
+            _ => Err(format!("node reference {reference} is ambiguous ({} nodes match)", candidates.len())),
+        }
+    }
+}
+
+fn stamp_created(meta: &mut Meta, index: u64, now: i64) {
+    meta.version = index;
+    meta.created_at_ms = now;
+    meta.updated_at_ms = now;
+}
+
+fn not_found(kind: Kind, id: &str) -> StoreError {
+    StoreError::NotFound { kind: kind.as_str().into(), id: id.into() }
+}
+
+fn check_version(kind: Kind, id: &str, expected: Option<u64>, actual: u64) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != actual => Err(StoreError::VersionConflict {
+            kind: kind.as_str().into(),
+            id: id.into(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

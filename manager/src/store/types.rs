@@ -1,0 +1,249 @@
+//! The objects of the desired state. Every object has [`Meta`]: an id, a version (the Raft log
+//! index of the write that last changed it) and timestamps taken from the proposing leader's
+//! clock, so that every replica applies the same bytes.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Identity and bookkeeping common to every object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: String,
+    /// The Raft log index of the write that last changed the object.
+    pub version: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A node's role in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Manager => "manager",
+            NodeRole::Worker => "worker",
+        }
+    }
+}
+
+/// Whether the scheduler may place tasks on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Availability {
+    /// New tasks may be placed here.
+    Active,
+    /// Running tasks stay, no new ones arrive.
+    Pause,
+    /// Tasks are moved elsewhere.
+    Drain,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Availability::Active),
+            "pause" => Some(Availability::Pause),
+            "drain" => Some(Availability::Drain),
+            _ => None,
+        }
+    }
+}
+
+/// What the managers last observed of a node's agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// No agent session seen yet.
+    Unknown,
+    Ready,
+    /// Heartbeats stopped.
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "unknown",
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+/// A host of the cluster (manager or worker). Its id is the 16-hex-digit form of its Raft node id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub meta: Meta,
+    pub hostname: String,
+    pub role: NodeRole,
+    pub availability: Availability,
+    pub labels: BTreeMap<String, String>,
+    /// Managers: the host:port their API and Raft listen on. Workers: their underlay address.
+    pub addr: String,
+    pub state: NodeState,
+}
+
+/// Settings of the whole cluster, created once by `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub cluster_id: String,
+    pub created_at_ms: i64,
+    /// The root CA. The key is replicated so that any manager can sign join requests (as in
+    /// Swarm without autolock); it never leaves the managers.
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub worker_token_secret: String,
+    pub manager_token_secret: String,
+    /// How long node certificates stay valid.
+    pub node_cert_validity_secs: u64,
+}
+
+/// A service: the desired state the orchestrators turn into tasks. Its spec grows with the
+/// agents issue; what is here is what every service has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub meta: Meta,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub image: String,
+    pub replicas: Option<u64>,
+}
+
+/// One-shot unit of work placed on a node. Its observed state only moves forward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub meta: Meta,
+    pub service_id: String,
+    pub slot: u64,
+    pub node_id: Option<String>,
+    pub desired_state: String,
+    pub state: String,
+    pub message: String,
+    pub error: String,
+}
+
+/// An overlay network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub meta: Meta,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub subnet: String,
+    pub vni: u32,
+}
+
+/// A secret or a config (same shape; secrets are encrypted at rest with the secrets issue).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    pub meta: Meta,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub data: Vec<u8>,
+}
+
+/// A per-host subnet of a network, leased to one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetLease {
+    pub meta: Meta,
+    pub network_id: String,
+    pub node_id: String,
+    pub subnet: String,
+}
+
+/// Any object of the store, for generic writes and the watch stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Object {
+    Node(Node),
+    Service(Service),
+    Task(Task),
+    Network(Network),
+    Secret(Blob),
+    Config(Blob),
+    SubnetLease(SubnetLease),
+}
+
+/// The kinds of objects, naming the store's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Node,
+    Service,
+    Task,
+    Network,
+    Secret,
+    Config,
+    SubnetLease,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
+            Kind::Network => "network",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
+            Kind::SubnetLease => "subnet lease",
+        }
+    }
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Node(_) => Kind::Node,
+            Object::Service(_) => Kind::Service,
+            Object::Task(_) => Kind::Task,
+            Object::Network(_) => Kind::Network,
+            Object::Secret(_) => Kind::Secret,
+            Object::Config(_) => Kind::Config,
+            Object::SubnetLease(_) => Kind::SubnetLease,
+        }
+    }
+
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Object::Node(o) => &o.meta,
+            Object::Service(o) => &o.meta,
+            Object::Task(o) => &o.meta,
+            Object::Network(o) => &o.meta,
+            Object::Secret(o) | Object::Config(o) => &o.meta,
+            Object::SubnetLease(o) => &o.meta,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        match self {
+            Object::Node(o) => &mut o.meta,
+            Object::Service(o) => &mut o.meta,
+            Object::Task(o) => &mut o.meta,
+            Object::Network(o) => &mut o.meta,
+            Object::Secret(o) | Object::Config(o) => &mut o.meta,
+            Object::SubnetLease(o) => &mut o.meta,
+        }
+    }
+}
+
+/// The textual id of a Raft node id.
+pub fn node_id_string(raft_id: u64) -> String {
+    format!("{raft_id:016x}")
+}
+
+/// The Raft node id of a textual node id, if it is one.
+pub fn parse_node_id(text: &str) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
