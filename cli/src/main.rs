@@ -1,1 +1,104 @@
-fn main() {}
+//! `cluster`: the operator's command-line tool. Talks to any manager over mTLS with the admin
+//! credentials that `cluster-manager init` writes.
+
+mod commands;
+mod connect;
+mod output;
+mod parse;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::info::InfoArgs;
+use commands::join_token::JoinTokenArgs;
+use commands::node::NodeCommand;
+use connect::Target;
+use output::Reported;
+
+/// Manage a cluster: nodes, join tokens and cluster state.
+#[derive(Debug, Parser)]
+#[command(name = "cluster", version, about, propagate_version = true)]
+struct Cli {
+    /// Admin config (managers + admin certificate), e.g. DATA_DIR/admin.json.
+    #[arg(long, global = true, env = "CLUSTER_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Talk to this manager (HOST:PORT) instead of the ones listed in the config.
+    #[arg(long, global = true, value_name = "ADDR")]
+    host: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Show or rotate the tokens nodes join with.
+    JoinToken(JoinTokenArgs),
+    /// Show the cluster, its Raft state and its managers.
+    Info(InfoArgs),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let target = Target { config: cli.config, host: cli.host };
+    match cli.command {
+        Command::Node(command) => commands::node::run(command, &target).await,
+        Command::JoinToken(args) => commands::join_token::run(args, &target).await,
+        Command::Info(args) => commands::info::run(args, &target).await,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Reported>() => ExitCode::FAILURE,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Output cut short by a closed pipe (`cluster node ls | head -1`) is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_global_flags_after_subcommands() {
+        let cli = Cli::try_parse_from(["cluster", "node", "ls", "--host", "h:1", "-q"]).unwrap();
+        assert_eq!(cli.host.as_deref(), Some("h:1"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            vec!["cluster", "node", "update", "--availability", "off", "n1"],
+            vec!["cluster", "node", "update", "--label-add", "=v", "n1"],
+            vec!["cluster", "node", "ls", "--filter", "role"],
+            vec!["cluster", "join-token", "admin"],
+            vec!["cluster", "node", "rm"],
+            vec!["cluster", "join-token", "-q", "--format", "json", "worker"],
+        ];
+        for args in bad {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?} parsed");
+        }
+    }
+}

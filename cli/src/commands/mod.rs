@@ -1,0 +1,32 @@
+//! One module per top-level command; each owns its clap arguments and its `run`.
+
+pub mod info;
+pub mod join_token;
+pub mod node;
+mod node_view;
+
+use std::future::Future;
+
+use crate::output::Reported;
+
+/// Runs `op` for every reference in turn, printing each failure as `error: REF: MESSAGE` on
+/// stderr and going on with the rest (like docker). Returns the successes, or [`Reported`] once
+/// all are done if any failed.
+pub async fn for_each_ref<T, F, Fut>(refs: &[String], mut op: F) -> (Vec<T>, Option<Reported>)
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut done = Vec::new();
+    let mut failed = None;
+    for reference in refs {
+        match op(reference.clone()).await {
+            Ok(value) => done.push(value),
+            Err(e) => {
+                eprintln!("error: {reference}: {e:#}");
+                failed = Some(Reported);
+            }
+        }
+    }
+    (done, failed)
+}

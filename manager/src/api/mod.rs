@@ -1,0 +1,6 @@
+//! The gRPC services a manager serves, all on one mTLS listener.
+
+pub mod ca_service;
+pub mod control_service;
+pub mod convert;
+pub mod raft_service;

@@ -1,0 +1,362 @@
+//! The manager process: creating a cluster (`init`), joining one (`join`), restarting from a
+//! data dir (`restart`), and serving every gRPC service on one mTLS listener.
+//!
+//! A data dir holds `manager.json` (this file's [`ManagerConfig`]), `node.json` (credentials),
+//! `raft.redb` (log and vote), `snapshot.bin`, and after `init` also `admin.json` for the CLI.
+
+use crate::api::{ca_service::CaService, control_service::ControlService, raft_service::RaftService};
+use crate::consensus::{Consensus, MAX_MESSAGE};
+use crate::raft::{self, Raft, RaftTuning};
+use crate::store::{Availability, ClusterSettings, Meta, Node, NodeRole, NodeState, Op, node_id_string};
+use anyhow::{Context, Result, anyhow, bail};
+use identity::{AdminConfig, Credentials, JoinToken, RootCa, Role, Subject, Validity};
+use openraft::BasicNode;
+use proto::v1::ca_client::CaClient;
+use proto::v1::ca_server::CaServer;
+use proto::v1::control_server::ControlServer;
+use proto::v1::raft_client::RaftClient;
+use proto::v1::raft_server::RaftServer;
+use proto::v1::{IssueCertificateRequest, JoinRaftRequest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Node certificates last 90 days (Swarm's default).
+const NODE_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The admin certificate written by `init` lasts a year.
+const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long a joining manager keeps asking to be added to the Raft group.
+const JOIN_RAFT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a manager remembers about itself across restarts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManagerConfig {
+    pub node_id: u64,
+    pub listen_addr: String,
+    pub advertise_addr: String,
+    pub hostname: String,
+    /// Managers to ask for Raft membership if the join did not finish.
+    pub join_addrs: Vec<String>,
+    /// `init` finished bootstrapping, or `join` was accepted into the Raft group.
+    pub ready: bool,
+}
+
+impl ManagerConfig {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("manager.json")
+    }
+
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        let path = Self::path(data_dir);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid manager config", path.display()))
+    }
+
+    fn save(&self, data_dir: &Path) -> Result<()> {
+        let path = Self::path(data_dir);
+        let tmp = data_dir.join("manager.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Settings given on the command line at every start.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    pub data_dir: PathBuf,
+    pub tuning: RaftTuning,
+    pub quorum_timeout: Duration,
+}
+
+/// Where a new manager listens and what it tells its peers.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub listen_addr: String,
+    pub advertise_addr: Option<String>,
+    pub hostname: Option<String>,
+}
+
+impl Placement {
+    fn advertise(&self) -> String {
+        self.advertise_addr.clone().unwrap_or_else(|| self.listen_addr.clone())
+    }
+    fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(local_hostname)
+    }
+}
+
+/// A manager that serves until it is shut down.
+pub struct RunningManager {
+    pub consensus: Consensus,
+    pub config: ManagerConfig,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: oneshot::Sender<()>,
+}
+
+impl RunningManager {
+    /// Serves until the server fails or `shutdown_signal` resolves.
+    pub async fn serve_until(self, shutdown_signal: impl std::future::Future<Output = ()>) -> Result<()> {
+        let RunningManager { consensus, server, stop, .. } = self;
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => {
+                result.context("the server task failed")?.context("the gRPC server failed")?;
+            }
+            () = shutdown_signal => {
+                let _ = stop.send(());
+                let _ = server.await;
+            }
+        }
+        consensus.raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Creates a new cluster with this manager as its only member.
+pub async fn init(options: &StartOptions, placement: &Placement) -> Result<RunningManager> {
+    let data_dir = &options.data_dir;
+    refuse_existing(data_dir)?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let cluster_id = random_hex(20);
+    let ca = RootCa::generate(&cluster_id)?;
+    let raft_id = random_node_id();
+    let node_id = node_id_string(raft_id);
+    let creds = ca.issue_keypair(
+        &Subject { node_id: node_id.clone(), role: Role::Manager, cluster_id: cluster_id.clone() },
+        Validity::for_duration(NODE_CERT_VALIDITY),
+    )?;
+    creds.save(&data_dir.join("node.json"))?;
+    let config = ManagerConfig {
+        node_id: raft_id,
+        listen_addr: placement.listen_addr.clone(),
+        advertise_addr: placement.advertise(),
+        hostname: placement.hostname(),
+        join_addrs: Vec::new(),
+        ready: false,
+    };
+    config.save(data_dir)?;
+
+    let running = start(options, config.clone(), creds).await?;
+    let members = BTreeMap::from([(raft_id, BasicNode::new(&config.advertise_addr))]);
+    running.consensus.raft.initialize(members).await.map_err(|e| anyhow!("cannot initialise Raft: {e}"))?;
+    let now = crate::consensus::now_ms();
+    let settings = ClusterSettings {
+        cluster_id: cluster_id.clone(),
+        created_at_ms: now,
+        ca_cert_pem: ca.cert_pem().to_string(),
+        ca_key_pem: ca.key_pem().to_string(),
+        worker_token_secret: JoinToken::generate_secret(),
+        manager_token_secret: JoinToken::generate_secret(),
+        node_cert_validity_secs: NODE_CERT_VALIDITY.as_secs(),
+    };
+    let first_manager = Node {
+        meta: Meta { id: node_id, ..Meta::default() },
+        hostname: config.hostname.clone(),
+        role: NodeRole::Manager,
+        availability: Availability::Active,
+        labels: BTreeMap::new(),
+        addr: config.advertise_addr.clone(),
+        state: NodeState::Ready,
+    };
+    running
+        .consensus
+        .write(Op::Bootstrap { settings, first_manager })
+        .await
+        .map_err(|status| anyhow!("cannot bootstrap the cluster: {}", status.message()))?;
+
+    let admin = ca.issue_keypair(
+        &Subject { node_id: format!("admin-{}", random_hex(8)), role: Role::Admin, cluster_id },
+        Validity::for_duration(ADMIN_CERT_VALIDITY),
+    )?;
+    AdminConfig { managers: vec![config.advertise_addr.clone()], credentials: admin }.save(&data_dir.join("admin.json"))?;
+    let config = ManagerConfig { ready: true, ..config };
+    config.save(data_dir)?;
+    Ok(RunningManager { config, ..running })
+}
+
+/// Joins an existing cluster as a manager through the manager at `join_addr`.
+pub async fn join(options: &StartOptions, placement: &Placement, token_text: &str, join_addr: &str) -> Result<RunningManager> {
+    let data_dir = &options.data_dir;
+    refuse_existing(data_dir)?;
+    let token = JoinToken::parse(token_text)?;
+    let channel = identity::connect_pinned(join_addr, &token.ca_digest)
+        .await
+        .with_context(|| format!("cannot reach a trusted manager at {join_addr}"))?;
+    let (csr_pem, key_pem) = identity::generate_csr()?;
+    let request = IssueCertificateRequest {
+        token: token_text.trim().to_string(),
+        csr_pem,
+        hostname: placement.hostname(),
+        advertise_addr: placement.advertise(),
+    };
+    let issued = tokio::time::timeout(Duration::from_secs(15), CaClient::new(channel).issue_certificate(request))
+        .await
+        .map_err(|_| anyhow!("the manager at {join_addr} did not answer the join request in time"))?
+        .map_err(|status| anyhow!("join refused: {}", status.message()))?
+        .into_inner();
+    if identity::ca_digest(&issued.ca_cert_pem)? != token.ca_digest {
+        bail!("the manager at {join_addr} returned a root CA that does not match the join token");
+    }
+    if issued.role != NodeRole::Manager.as_str() {
+        bail!("this is a {} join token: managers join with the manager token (cluster join-token manager)", issued.role);
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let creds = Credentials { ca_cert_pem: issued.ca_cert_pem, cert_pem: issued.cert_pem, key_pem };
+    creds.save(&data_dir.join("node.json"))?;
+    let mut join_addrs = vec![join_addr.to_string()];
+    join_addrs.extend(issued.manager_addrs.into_iter().filter(|a| a != join_addr));
+    let config = ManagerConfig {
+        node_id: issued.node_id,
+        listen_addr: placement.listen_addr.clone(),
+        advertise_addr: placement.advertise(),
+        hostname: placement.hostname(),
+        join_addrs,
+        ready: false,
+    };
+    config.save(data_dir)?;
+    let running = start(options, config, creds.clone()).await?;
+    finish_join(running, &creds, data_dir).await
+}
+
+/// Restarts a manager from its data dir.
+pub async fn restart(options: &StartOptions) -> Result<RunningManager> {
+    let data_dir = &options.data_dir;
+    let config = ManagerConfig::load(data_dir)?;
+    let creds = Credentials::load(&data_dir.join("node.json"))?;
+    if !config.ready && config.join_addrs.is_empty() {
+        bail!(
+            "initialisation of {} did not finish; remove the data dir and run `cluster-manager init` again",
+            data_dir.display()
+        );
+    }
+    let running = start(options, config.clone(), creds.clone()).await?;
+    if config.ready { Ok(running) } else { finish_join(running, &creds, data_dir).await }
+}
+
+/// Asks the managers (following leader hints) to add this one to the Raft group.
+async fn finish_join(running: RunningManager, creds: &Credentials, data_dir: &Path) -> Result<RunningManager> {
+    let deadline = Instant::now() + JOIN_RAFT_DEADLINE;
+    let mut candidates = running.config.join_addrs.clone();
+    let mut last_error = String::from("no manager address to join through");
+    let mut attempt = 0usize;
+    while Instant::now() < deadline && !candidates.is_empty() {
+        let addr = candidates[attempt % candidates.len()].clone();
+        attempt += 1;
+        match ask_to_join(&addr, creds, &running.config.advertise_addr).await {
+            Ok(()) => {
+                let config = ManagerConfig { ready: true, ..running.config.clone() };
+                config.save(data_dir)?;
+                tracing::info!(via = %addr, "joined the Raft group");
+                return Ok(RunningManager { config, ..running });
+            }
+            Err(JoinAttempt::Leader(leader)) => {
+                if !candidates.contains(&leader) {
+                    candidates.push(leader.clone());
+                }
+                attempt = candidates.iter().position(|a| *a == leader).unwrap_or(0);
+            }
+            Err(JoinAttempt::Failed(error)) => {
+                last_error = error;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    bail!("could not join the Raft group: {last_error}")
+}
+
+enum JoinAttempt {
+    /// The manager asked is not the leader; the leader is at this address.
+    Leader(String),
+    Failed(String),
+}
+
+async fn ask_to_join(addr: &str, creds: &Credentials, raft_addr: &str) -> Result<(), JoinAttempt> {
+    let channel = identity::connect(addr, creds).await.map_err(|e| JoinAttempt::Failed(format!("{addr}: {e}")))?;
+    let request = JoinRaftRequest { raft_addr: raft_addr.to_string() };
+    // Adding a learner waits until it has caught up, which may take a snapshot transfer.
+    match tokio::time::timeout(Duration::from_secs(30), RaftClient::new(channel).join_raft(request)).await {
+        Err(_) => Err(JoinAttempt::Failed(format!("{addr}: no answer in time"))),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => match status.metadata().get("leader-addr").and_then(|v| v.to_str().ok()) {
+            Some(leader) if leader != addr => Err(JoinAttempt::Leader(leader.to_string())),
+            _ => Err(JoinAttempt::Failed(format!("{addr}: {}", status.message()))),
+        },
+    }
+}
+
+/// Opens the storage, starts Raft and serves the gRPC services.
+async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials) -> Result<RunningManager> {
+    let (log_store, state_machine, state) = raft::open_storage(&options.data_dir)
+        .await
+        .with_context(|| format!("cannot open the Raft storage in {}", options.data_dir.display()))?;
+    let raft_config = options.tuning.config().map_err(|e| anyhow!("invalid Raft settings: {e}"))?;
+    let network = raft::Network::new(creds.clone());
+    let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
+        .await
+        .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
+    let consensus = Consensus::new(raft, state, config.node_id, creds.clone(), options.quorum_timeout);
+
+    let listener = tokio::net::TcpListener::bind(&config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let tls = identity::server_tls(&creds)?;
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("invalid TLS configuration")?
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(
+            RaftServer::new(RaftService { consensus: consensus.clone() })
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(ControlServer::new(ControlService { consensus: consensus.clone() }))
+        .add_service(CaServer::new(CaService { consensus: consensus.clone() }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(node = %node_id_string(config.node_id), listen = %config.listen_addr, "manager serving");
+    Ok(RunningManager { consensus, config, server, stop })
+}
+
+fn refuse_existing(data_dir: &Path) -> Result<()> {
+    if data_dir.join("manager.json").exists() || data_dir.join("raft.redb").exists() {
+        bail!(
+            "{} already holds a manager; restart it with `cluster-manager run --data-dir {}`",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn random_node_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex::encode(raw)
+}
+
+fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

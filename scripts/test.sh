@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit and property tests, the end-to-end tests (real manager processes
+# over real TCP + mTLS on loopback), and the benchmarks in quick mode (to prove the harness works;
+# their figures are not asserted).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --bins --tests
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+./target/debug/bench-raft --quick --json target/bench-raft-quick.json
