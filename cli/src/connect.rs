@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use identity::AdminConfig;
 use proto::v1::control_client::ControlClient;
 use tonic::transport::Channel;
@@ -43,41 +43,52 @@ impl Connection {
 impl Target {
     /// Loads the credentials, checks them and connects to the first manager that answers.
     pub async fn connect(&self) -> anyhow::Result<Connection> {
-        let config = load_config(self.config.as_deref())?;
-        let path = self.config.as_deref().unwrap_or(Path::new("-"));
-        let ident = config
-            .credentials
-            .identity()
-            .map_err(|e| anyhow!("invalid admin certificate in {}: {}", path.display(), chain(&e)))?;
-        check_not_expired(ident.not_after, SystemTime::now())
-            .with_context(|| format!("credentials in {}", path.display()))?;
-        let addrs = manager_addrs(&config, self.host.as_deref())
-            .with_context(|| format!("credentials in {}", path.display()))?;
+        let Some(path) = self.config.as_deref() else {
+            bail!("{NO_CREDENTIALS}");
+        };
+        let config = load_config(path)?;
+        let ident = config.credentials.identity().map_err(|e| {
+            anyhow!(
+                "invalid admin certificate in {}: {}",
+                path.display(),
+                chain(&e)
+            )
+        })?;
+        check_not_expired(path, ident.not_after, SystemTime::now())?;
+        let addrs = manager_addrs(&config, self.host.as_deref())?;
         identity::install_crypto_provider();
         connect_any(&addrs, &config).await
     }
 }
 
-/// Reads the admin config; `None` means neither `--config` nor `CLUSTER_CONFIG` was given.
-pub fn load_config(path: Option<&Path>) -> anyhow::Result<AdminConfig> {
-    let Some(path) = path else {
-        bail!(
-            "no cluster credentials: pass --config or set CLUSTER_CONFIG \
-             (cluster-manager init writes admin.json into its data dir)"
-        );
-    };
+/// The error when neither `--config` nor `CLUSTER_CONFIG` was given.
+const NO_CREDENTIALS: &str = "no cluster credentials: pass --config or set CLUSTER_CONFIG \
+                              (cluster-manager init writes admin.json into its data dir)";
+
+/// Reads the admin config.
+pub fn load_config(path: &Path) -> anyhow::Result<AdminConfig> {
     // Check readability first so a wrong path gets the operating system's plain explanation.
     std::fs::metadata(path)
         .map_err(|e| anyhow!("cannot read cluster credentials {}: {e}", path.display()))?;
-    AdminConfig::load(path)
-        .map_err(|e| anyhow!("cannot load cluster credentials {}: {}", path.display(), chain(&e)))
+    AdminConfig::load(path).map_err(|e| {
+        anyhow!(
+            "cannot load cluster credentials {}: {}",
+            path.display(),
+            chain(&e)
+        )
+    })
 }
 
 /// Fails with the expiry date once the admin certificate is no longer valid.
-pub fn check_not_expired(not_after: SystemTime, now: SystemTime) -> anyhow::Result<()> {
+pub fn check_not_expired(
+    path: &Path,
+    not_after: SystemTime,
+    now: SystemTime,
+) -> anyhow::Result<()> {
     if now > not_after {
         bail!(
-            "the admin certificate expired on {}; get a new admin config from a manager",
+            "the admin certificate in {} expired on {}; get a new admin config from a manager",
+            path.display(),
             format_system_time(not_after)
         );
     }
@@ -94,7 +105,7 @@ pub fn manager_addrs(config: &AdminConfig, host: Option<&str>) -> anyhow::Result
         return Ok(vec![host.to_string()]);
     }
     if config.managers.is_empty() {
-        bail!("no manager addresses listed; pass --host HOST:PORT");
+        bail!("the admin config lists no manager addresses; pass --host HOST:PORT");
     }
     Ok(config.managers.clone())
 }
@@ -103,13 +114,40 @@ pub fn manager_addrs(config: &AdminConfig, host: Option<&str>) -> anyhow::Result
 async fn connect_any(addrs: &[String], config: &AdminConfig) -> anyhow::Result<Connection> {
     let mut failures = Vec::new();
     for addr in addrs {
-        match tokio::time::timeout(CONNECT_TIMEOUT, identity::connect(addr, &config.credentials)).await {
-            Ok(Ok(channel)) => return Ok(Connection { channel, addr: addr.clone() }),
-            Ok(Err(e)) => failures.push(format!("{addr}: {}", chain(&e))),
-            Err(_) => failures.push(format!("{addr}: timed out after {}s", CONNECT_TIMEOUT.as_secs())),
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            identity::connect(addr, &config.credentials),
+        )
+        .await
+        {
+            Ok(Ok(channel)) => {
+                return Ok(Connection {
+                    channel,
+                    addr: addr.clone(),
+                });
+            }
+            Ok(Err(e)) => failures.push(failure(addr, &chain(&e))),
+            Err(_) => failures.push(format!(
+                "{addr}: timed out after {}s",
+                CONNECT_TIMEOUT.as_secs()
+            )),
         }
     }
-    Err(anyhow!("cannot connect to any manager: {}", failures.join("; ")))
+    Err(anyhow!(
+        "cannot connect to any manager: {}",
+        failures.join("; ")
+    ))
+}
+
+/// "ADDR: why", without repeating the address when the error already names it.
+fn failure(addr: &str, why: &str) -> String {
+    if let Some(rest) = why.strip_prefix(&format!("cannot connect to {addr}: ")) {
+        format!("{addr}: {rest}")
+    } else if why.contains(addr) {
+        why.to_string()
+    } else {
+        format!("{addr}: {why}")
+    }
 }
 
 /// Runs one RPC with [`RPC_TIMEOUT`] and maps its status to a one-line error.
@@ -132,12 +170,20 @@ pub fn status_message(status: &Status) -> String {
     if let Some(source) = std::error::Error::source(status) {
         let cause = chain(source);
         if !cause.is_empty() && !message.contains(&cause) {
-            message = if message.is_empty() { cause } else { format!("{message}: {cause}") };
+            message = if message.is_empty() {
+                cause
+            } else {
+                format!("{message}: {cause}")
+            };
         }
     }
     let message = message.as_str();
     let or = |fallback: &str| {
-        if message.is_empty() { fallback.to_string() } else { message.to_string() }
+        if message.is_empty() {
+            fallback.to_string()
+        } else {
+            message.to_string()
+        }
     };
     match status.code() {
         Code::Unavailable => or("the manager is unavailable"),
@@ -176,27 +222,80 @@ mod tests {
 
     #[test]
     fn missing_config_explains_both_ways() {
-        let err = load_config(None).unwrap_err().to_string();
-        assert!(err.contains("--config"), "{err}");
-        assert!(err.contains("CLUSTER_CONFIG"), "{err}");
-        let err = load_config(Some(Path::new("/nonexistent/admin.json"))).unwrap_err().to_string();
+        assert!(
+            NO_CREDENTIALS.contains("pass --config or set CLUSTER_CONFIG (cluster-manager init")
+        );
+        let err = load_config(Path::new("/nonexistent/admin.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/admin.json"), "{err}");
     }
 
     #[test]
     fn expiry() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert!(check_not_expired(t, t - Duration::from_secs(1)).is_ok());
-        let err = check_not_expired(t, t + Duration::from_secs(1)).unwrap_err().to_string();
-        assert!(err.contains("expired on 2023-11-14T22:13:20Z"), "{err}");
+        let path = Path::new("admin.json");
+        assert!(check_not_expired(path, t, t - Duration::from_secs(1)).is_ok());
+        let err = check_not_expired(path, t, t + Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("certificate in admin.json expired on 2023-11-14T22:13:20Z"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn connect_failures_name_the_address_once() {
+        let a = "10.0.0.1:4242";
+        assert_eq!(
+            failure(a, "cannot connect to 10.0.0.1:4242: refused"),
+            "10.0.0.1:4242: refused"
+        );
+        assert_eq!(failure(a, "timed out"), "10.0.0.1:4242: timed out");
+        assert_eq!(
+            failure(a, "dial 10.0.0.1:4242 failed"),
+            "dial 10.0.0.1:4242 failed"
+        );
+    }
+
+    #[test]
+    fn host_overrides_managers() {
+        let config = AdminConfig {
+            managers: vec!["a:1".to_string(), "b:1".to_string()],
+            credentials: identity::Credentials {
+                ca_cert_pem: String::new(),
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+        };
+        assert_eq!(manager_addrs(&config, None).unwrap(), vec!["a:1", "b:1"]);
+        assert_eq!(manager_addrs(&config, Some("c:1")).unwrap(), vec!["c:1"]);
+        assert!(manager_addrs(&config, Some(" ")).is_err());
+        let empty = AdminConfig {
+            managers: vec![],
+            ..config
+        };
+        assert!(
+            manager_addrs(&empty, None)
+                .unwrap_err()
+                .to_string()
+                .contains("--host")
+        );
     }
 
     #[test]
     fn statuses() {
         let s = Status::unavailable("no quorum: 1 of 3 managers reachable");
         assert_eq!(status_message(&s), "no quorum: 1 of 3 managers reachable");
-        assert_eq!(status_message(&Status::not_found("node x not found")), "node x not found");
-        assert_eq!(status_message(&Status::permission_denied("")), "permission denied: not allowed");
+        assert_eq!(
+            status_message(&Status::not_found("node x not found")),
+            "node x not found"
+        );
+        assert_eq!(
+            status_message(&Status::permission_denied("")),
+            "permission denied: not allowed"
+        );
         assert!(status_message(&Status::internal("boom")).contains("boom"));
     }
 

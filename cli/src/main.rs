@@ -19,7 +19,7 @@ use output::Reported;
 
 /// Manage a cluster: nodes, join tokens and cluster state.
 #[derive(Debug, Parser)]
-#[command(name = "cluster", version, about, propagate_version = true)]
+#[command(name = "cluster", version, propagate_version = true)]
 struct Cli {
     /// Admin config (managers + admin certificate), e.g. DATA_DIR/admin.json.
     #[arg(long, global = true, env = "CLUSTER_CONFIG", value_name = "PATH")]
@@ -43,7 +43,10 @@ enum Command {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let target = Target { config: cli.config, host: cli.host };
+    let target = Target {
+        config: cli.config,
+        host: cli.host,
+    };
     match cli.command {
         Command::Node(command) => commands::node::run(command, &target).await,
         Command::JoinToken(args) => commands::join_token::run(args, &target).await,

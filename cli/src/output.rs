@@ -55,7 +55,12 @@ pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> S
 /// Renders "Key:   value" lines with the values aligned; an entry with an empty key is printed
 /// verbatim (used for nested sections).
 pub fn key_values(entries: &[(&str, String)]) -> String {
-    let width = entries.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0) + 4;
+    let width = entries
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0)
+        + 4;
     let mut out = String::new();
     for (key, value) in entries {
         if key.is_empty() {
@@ -137,7 +142,11 @@ mod tests {
 
     #[test]
     fn key_values_align() {
-        let text = key_values(&[("ID", "a".into()), ("Hostname", "h".into()), ("Labels", String::new())]);
+        let text = key_values(&[
+            ("ID", "a".into()),
+            ("Hostname", "h".into()),
+            ("Labels", String::new()),
+        ]);
         assert_eq!(text, "ID:         a\nHostname:   h\nLabels:\n");
     }
 
@@ -145,7 +154,10 @@ mod tests {
     fn times_format_as_rfc3339() {
         assert_eq!(format_time_ms(0), "-");
         assert_eq!(format_time_ms(1_700_000_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(format_time_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            format_time_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(format_system_time(t), "2023-11-14T22:13:20Z");
     }

@@ -14,10 +14,14 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').unwrap_or((text, ""));
     let key = key.trim();
     if key.is_empty() {
-        return Err(format!("invalid label {text:?}: the key is empty (expected KEY or KEY=VALUE)"));
+        return Err(format!(
+            "invalid label {text:?}: the key is empty (expected KEY or KEY=VALUE)"
+        ));
     }
     if key.chars().any(char::is_whitespace) {
-        return Err(format!("invalid label {text:?}: the key contains whitespace"));
+        return Err(format!(
+            "invalid label {text:?}: the key contains whitespace"
+        ));
     }
     Ok((key.to_string(), value.to_string()))
 }
@@ -29,7 +33,9 @@ pub fn parse_label_key(text: &str) -> Result<String, String> {
         return Err("invalid label key: it is empty".to_string());
     }
     if key.contains('=') {
-        return Err(format!("invalid label key {text:?}: pass the key only, without =VALUE"));
+        return Err(format!(
+            "invalid label key {text:?}: pass the key only, without =VALUE"
+        ));
     }
     Ok(key.to_string())
 }
@@ -119,7 +125,10 @@ mod tests {
 
     #[test]
     fn filter_maps() {
-        let ok = filter_map(&[pair("role", "worker"), pair("label", "ssd")], &NODE_FILTER_KEYS);
+        let ok = filter_map(
+            &[pair("role", "worker"), pair("label", "ssd")],
+            &NODE_FILTER_KEYS,
+        );
         let map = ok.unwrap();
         assert_eq!(map.get("role").map(String::as_str), Some("worker"));
         assert_eq!(map.len(), 2);
@@ -133,6 +142,9 @@ mod tests {
         assert_eq!(parse_availability("drain"), Ok("drain".to_string()));
         assert_eq!(parse_availability("Active"), Ok("active".to_string()));
         let err = parse_availability("paused").unwrap_err();
-        assert_eq!(err, "invalid availability \"paused\": expected active, pause or drain");
+        assert_eq!(
+            err,
+            "invalid availability \"paused\": expected active, pause or drain"
+        );
     }
 }

@@ -2,8 +2,8 @@
 
 use crate::{IdentityError, MANAGER_SERVER_NAME, Role};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -52,7 +52,9 @@ pub struct RootCa {
 
 impl std::fmt::Debug for RootCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RootCa").field("digest", &self.digest).finish_non_exhaustive()
+        f.debug_struct("RootCa")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +83,12 @@ impl RootCa {
         let cert_pem = cert.pem();
         let digest = sha256_hex(cert.der());
         let key_pem = key.serialize_pem();
-        Ok(RootCa { cert_pem, key_pem, digest, issuer: Issuer::new(params, key) })
+        Ok(RootCa {
+            cert_pem,
+            key_pem,
+            digest,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Reloads a CA from its PEM certificate and key.
@@ -89,8 +96,9 @@ impl RootCa {
         let der = first_cert_der(cert_pem)?;
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| IdentityError::InvalidKey(format!("the root CA key: {e}")))?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| IdentityError::InvalidCertificate(format!("the root CA certificate: {e}")))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
+            IdentityError::InvalidCertificate(format!("the root CA certificate: {e}"))
+        })?;
         if !parsed.is_ca() {
             return Err(IdentityError::InvalidCertificate(
                 "the root CA certificate is not a CA certificate".into(),
@@ -101,8 +109,9 @@ impl RootCa {
                 "the root CA key does not belong to the root CA certificate".into(),
             ));
         }
-        let issuer = Issuer::from_ca_cert_der(&der, key)
-            .map_err(|e| IdentityError::InvalidCertificate(format!("the root CA certificate: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| {
+            IdentityError::InvalidCertificate(format!("the root CA certificate: {e}"))
+        })?;
         Ok(RootCa {
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.to_string(),
@@ -129,7 +138,12 @@ impl RootCa {
     ///
     /// The subject, alternative names and extensions the CSR asks for are ignored: the
     /// certificate says exactly what `subject` says.
-    pub fn issue(&self, csr_pem: &str, subject: &Subject, validity: Validity) -> Result<String, IdentityError> {
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        subject: &Subject,
+        validity: Validity,
+    ) -> Result<String, IdentityError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| IdentityError::InvalidCsr(e.to_string()))?;
         let rsa = is_rsa(csr.public_key.algorithm());
@@ -141,7 +155,11 @@ impl RootCa {
     }
 
     /// Generates a key pair and signs a certificate for it (the first manager's and admin's own).
-    pub fn issue_keypair(&self, subject: &Subject, validity: Validity) -> Result<crate::Credentials, IdentityError> {
+    pub fn issue_keypair(
+        &self,
+        subject: &Subject,
+        validity: Validity,
+    ) -> Result<crate::Credentials, IdentityError> {
         let key = new_key()?;
         let params = leaf_params(subject, validity, false)?;
         let cert = params
@@ -185,7 +203,9 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 pub(crate) fn first_cert_der(cert_pem: &str) -> Result<CertificateDer<'static>, IdentityError> {
     CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .next()
-        .ok_or_else(|| IdentityError::InvalidCertificate("no CERTIFICATE block in the PEM text".into()))?
+        .ok_or_else(|| {
+            IdentityError::InvalidCertificate("no CERTIFICATE block in the PEM text".into())
+        })?
         .map_err(|e| IdentityError::InvalidCertificate(format!("unreadable PEM: {e}")))
 }
 
@@ -220,20 +240,30 @@ fn to_asn1_time(t: SystemTime) -> Result<time::OffsetDateTime, IdentityError> {
 }
 
 fn is_rsa(alg: &rcgen::SignatureAlgorithm) -> bool {
-    [&rcgen::PKCS_RSA_SHA256, &rcgen::PKCS_RSA_SHA384, &rcgen::PKCS_RSA_SHA512]
-        .iter()
-        .any(|rsa| **rsa == *alg)
+    [
+        &rcgen::PKCS_RSA_SHA256,
+        &rcgen::PKCS_RSA_SHA384,
+        &rcgen::PKCS_RSA_SHA512,
+    ]
+    .iter()
+    .any(|rsa| **rsa == *alg)
 }
 
 /// Parameters of a node or admin certificate: the identity lives in the subject.
-fn leaf_params(subject: &Subject, validity: Validity, rsa: bool) -> Result<CertificateParams, IdentityError> {
+fn leaf_params(
+    subject: &Subject,
+    validity: Validity,
+    rsa: bool,
+) -> Result<CertificateParams, IdentityError> {
     if subject.node_id.is_empty() || subject.cluster_id.is_empty() {
         return Err(IdentityError::Generation(
             "a certificate needs a non-empty node id and cluster id".into(),
         ));
     }
     if validity.not_after <= validity.not_before {
-        return Err(IdentityError::Generation("the validity period ends before it starts".into()));
+        return Err(IdentityError::Generation(
+            "the validity period ends before it starts".into(),
+        ));
     }
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -253,7 +283,10 @@ fn leaf_params(subject: &Subject, validity: Validity, rsa: bool) -> Result<Certi
         params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
     // Workers and admins may serve too one day (agents exposing an API): serverAuth is harmless.
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.not_before = to_asn1_time(validity.not_before)?;
     params.not_after = to_asn1_time(validity.not_after)?;
     params.serial_number = Some(random_serial());
@@ -292,14 +325,39 @@ mod tests {
     }
 
     #[test]
+    fn shareable_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<RootCa>();
+        send_sync::<crate::Credentials>();
+    }
+
+    #[test]
     fn root_ca_shape_and_reload() {
         let ca = RootCa::generate("cluster-7").unwrap();
         let cert_der = der(ca.cert_pem());
         let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
         assert!(cert.is_ca());
-        assert_eq!(cert.subject().iter_common_name().next().unwrap().as_str().unwrap(), "cluster root CA");
-        assert_eq!(cert.subject().iter_organization().next().unwrap().as_str().unwrap(), "cluster-7");
-        let years = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / (365 * 86400);
+        assert_eq!(
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "cluster root CA"
+        );
+        assert_eq!(
+            cert.subject()
+                .iter_organization()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "cluster-7"
+        );
+        let years = (cert.validity().not_after.timestamp()
+            - cert.validity().not_before.timestamp())
+            / (365 * 86400);
         assert_eq!(years, 20);
 
         assert_eq!(ca.digest().len(), 64);
@@ -309,8 +367,14 @@ mod tests {
         let again = RootCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
         assert_eq!(again.digest(), ca.digest());
         // A certificate from the reloaded CA names the same issuer.
-        let subject = Subject { node_id: "n1".into(), role: Role::Worker, cluster_id: "cluster-7".into() };
-        let creds = again.issue_keypair(&subject, Validity::for_duration(Duration::from_secs(60))).unwrap();
+        let subject = Subject {
+            node_id: "n1".into(),
+            role: Role::Worker,
+            cluster_id: "cluster-7".into(),
+        };
+        let creds = again
+            .issue_keypair(&subject, Validity::for_duration(Duration::from_secs(60)))
+            .unwrap();
         let leaf = der(&creds.cert_pem);
         let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).unwrap();
         assert_eq!(leaf.issuer(), cert.subject());
@@ -318,7 +382,10 @@ mod tests {
 
         // A key that is not the CA's is refused, and so is garbage.
         let other = RootCa::generate("cluster-7").unwrap();
-        assert!(matches!(RootCa::from_pem(ca.cert_pem(), other.key_pem()), Err(IdentityError::InvalidKey(_))));
+        assert!(matches!(
+            RootCa::from_pem(ca.cert_pem(), other.key_pem()),
+            Err(IdentityError::InvalidKey(_))
+        ));
         assert!(RootCa::from_pem("nope", ca.key_pem()).is_err());
         assert!(RootCa::from_pem(ca.cert_pem(), "nope").is_err());
         // A leaf certificate is not a CA.
@@ -339,7 +406,11 @@ mod tests {
         params.distinguished_name = dn;
         let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
 
-        let subject = Subject { node_id: "node-42".into(), role: Role::Worker, cluster_id: "cluster-a".into() };
+        let subject = Subject {
+            node_id: "node-42".into(),
+            role: Role::Worker,
+            cluster_id: "cluster-a".into(),
+        };
         let validity = Validity::for_duration(Duration::from_secs(7200));
         let cert_pem = ca.issue(&csr_pem, &subject, validity).unwrap();
         let cert_der = der(&cert_pem);
@@ -349,13 +420,22 @@ mod tests {
         assert_eq!(id.role, Role::Worker);
         assert_eq!(id.cluster_id, "cluster-a");
         assert_eq!(secs(id.not_after), secs(validity.not_after));
-        assert!(dns_sans(&cert_der).is_empty(), "the CSR's SAN must not be copied");
+        assert!(
+            dns_sans(&cert_der).is_empty(),
+            "the CSR's SAN must not be copied"
+        );
 
         let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
-        assert_eq!(cert.validity().not_before.timestamp() as u64, secs(validity.not_before));
+        assert_eq!(
+            cert.validity().not_before.timestamp() as u64,
+            secs(validity.not_before)
+        );
         assert!(!cert.is_ca());
         // The certificate carries the CSR's public key.
-        assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && eku.server_auth);
         let ku = cert.key_usage().unwrap().unwrap().value;
@@ -366,14 +446,30 @@ mod tests {
     fn manager_certificates_carry_the_server_name() {
         let ca = RootCa::generate("c").unwrap();
         let (csr, _key) = generate_csr().unwrap();
-        let subject = Subject { node_id: "m1".into(), role: Role::Manager, cluster_id: "c".into() };
-        let cert = ca.issue(&csr, &subject, Validity::for_duration(Duration::from_secs(60))).unwrap();
+        let subject = Subject {
+            node_id: "m1".into(),
+            role: Role::Manager,
+            cluster_id: "c".into(),
+        };
+        let cert = ca
+            .issue(
+                &csr,
+                &subject,
+                Validity::for_duration(Duration::from_secs(60)),
+            )
+            .unwrap();
         assert_eq!(dns_sans(&der(&cert)), vec![MANAGER_SERVER_NAME.to_string()]);
         let id = peer_identity(&der(&cert)).unwrap();
         assert_eq!(id.role, Role::Manager);
 
-        let admin = Subject { node_id: "admin".into(), role: Role::Admin, cluster_id: "c".into() };
-        let creds = ca.issue_keypair(&admin, Validity::for_duration(Duration::from_secs(60))).unwrap();
+        let admin = Subject {
+            node_id: "admin".into(),
+            role: Role::Admin,
+            cluster_id: "c".into(),
+        };
+        let creds = ca
+            .issue_keypair(&admin, Validity::for_duration(Duration::from_secs(60)))
+            .unwrap();
         assert_eq!(creds.identity().unwrap().role, Role::Admin);
         assert!(dns_sans(&der(&creds.cert_pem)).is_empty());
     }
@@ -381,28 +477,42 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let ca = RootCa::generate("c").unwrap();
-        let subject = Subject { node_id: "n".into(), role: Role::Worker, cluster_id: "c".into() };
+        let subject = Subject {
+            node_id: "n".into(),
+            role: Role::Worker,
+            cluster_id: "c".into(),
+        };
         let v = Validity::for_duration(Duration::from_secs(60));
         let e = ca.issue("not a csr", &subject, v).unwrap_err();
         assert!(matches!(e, IdentityError::InvalidCsr(_)), "{e}");
         assert!(e.to_string().contains("certificate signing request"));
         // A certificate is not a CSR.
-        assert!(matches!(ca.issue(ca.cert_pem(), &subject, v), Err(IdentityError::InvalidCsr(_))));
+        assert!(matches!(
+            ca.issue(ca.cert_pem(), &subject, v),
+            Err(IdentityError::InvalidCsr(_))
+        ));
         // A CSR whose signature does not verify.
         let (csr, _) = generate_csr().unwrap();
-        let mut bytes = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
-            .unwrap()
-            .as_ref()
-            .to_vec();
+        let mut bytes =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec();
         let n = bytes.len();
         bytes[n - 3] ^= 0x55;
         let tampered = pem_encode("CERTIFICATE REQUEST", &bytes);
         assert!(ca.issue(&tampered, &subject, v).is_err());
 
         let (csr, _) = generate_csr().unwrap();
-        let empty = Subject { node_id: String::new(), ..subject.clone() };
+        let empty = Subject {
+            node_id: String::new(),
+            ..subject.clone()
+        };
         assert!(ca.issue(&csr, &empty, v).is_err());
-        let backwards = Validity { not_before: v.not_after, not_after: v.not_before };
+        let backwards = Validity {
+            not_before: v.not_after,
+            not_after: v.not_before,
+        };
         assert!(ca.issue(&csr, &subject, backwards).is_err());
         let far = Validity::for_duration(Duration::from_secs(u64::MAX / 4));
         assert!(ca.issue(&csr, &subject, far).is_err());
@@ -413,7 +523,10 @@ mod tests {
         const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut b64 = String::new();
         for chunk in der.chunks(3) {
-            let v = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            let v = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
             for i in 0..4 {
                 if i <= chunk.len() {
                     b64.push(char::from(B64[((v >> (18 - 6 * i)) & 63) as usize]));

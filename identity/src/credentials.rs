@@ -65,12 +65,18 @@ impl AdminConfig {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io { path: path.to_path_buf(), source }
+    move |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T, IdentityError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    serde_json::from_slice(&bytes).map_err(|source| IdentityError::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(&bytes).map_err(|source| IdentityError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `value` as JSON to a temporary file beside `path` (mode 0600), fsyncs it, renames it
@@ -78,8 +84,10 @@ fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T, IdentityError> {
 fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IdentityError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-    let json = serde_json::to_vec_pretty(value)
-        .map_err(|source| IdentityError::Json { path: path.to_path_buf(), source })?;
+    let json = serde_json::to_vec_pretty(value).map_err(|source| IdentityError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let file_name = path.file_name().ok_or_else(|| IdentityError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
@@ -104,12 +112,15 @@ fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IdentityError> 
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         // The umask can only remove bits, but make the mode exact all the same.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&tmp))?;
         file.write_all(&json).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
         std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -120,14 +131,19 @@ fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IdentityError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RootCa, Role, Subject, Validity};
+    use crate::{Role, RootCa, Subject, Validity};
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     fn creds() -> Credentials {
         let ca = RootCa::generate("c1").unwrap();
-        let subject = Subject { node_id: "admin-1".into(), role: Role::Admin, cluster_id: "c1".into() };
-        ca.issue_keypair(&subject, Validity::for_duration(Duration::from_secs(3600))).unwrap()
+        let subject = Subject {
+            node_id: "admin-1".into(),
+            role: Role::Admin,
+            cluster_id: "c1".into(),
+        };
+        ca.issue_keypair(&subject, Validity::for_duration(Duration::from_secs(3600)))
+            .unwrap()
     }
 
     #[test]
@@ -160,7 +176,10 @@ mod tests {
     fn admin_config_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
-        let cfg = AdminConfig { managers: vec!["127.0.0.1:4242".into(), "m2:4242".into()], credentials: creds() };
+        let cfg = AdminConfig {
+            managers: vec!["127.0.0.1:4242".into(), "m2:4242".into()],
+            credentials: creds(),
+        };
         cfg.save(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

@@ -17,12 +17,19 @@ pub struct PeerIdentity {
 /// This does not verify the certificate: use it on certificates the TLS handshake verified,
 /// or on our own.
 pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, IdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| IdentityError::InvalidCertificate(format!("cannot parse the certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| {
+        IdentityError::InvalidCertificate(format!("cannot parse the certificate: {e}"))
+    })?;
     let subject = cert.subject();
     let node_id = single_attr(subject.iter_common_name(), "common name (CN, the node id)")?;
-    let role = single_attr(subject.iter_organizational_unit(), "organizational unit (OU, the role)")?;
-    let cluster_id = single_attr(subject.iter_organization(), "organization (O, the cluster id)")?;
+    let role = single_attr(
+        subject.iter_organizational_unit(),
+        "organizational unit (OU, the role)",
+    )?;
+    let cluster_id = single_attr(
+        subject.iter_organization(),
+        "organization (O, the cluster id)",
+    )?;
     let role: Role = role.parse()?;
     let ts = cert.validity().not_after.timestamp();
     let not_after = if ts >= 0 {
@@ -32,7 +39,12 @@ pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, IdentityError> {
             .checked_sub(Duration::from_secs(ts.unsigned_abs()))
             .unwrap_or(SystemTime::UNIX_EPOCH)
     };
-    Ok(PeerIdentity { node_id, role, cluster_id, not_after })
+    Ok(PeerIdentity {
+        node_id,
+        role,
+        cluster_id,
+        not_after,
+    })
 }
 
 /// The one value of a subject attribute; missing, repeated, empty or non-text values are errors.
@@ -44,13 +56,17 @@ fn single_attr<'a>(
         .next()
         .ok_or_else(|| IdentityError::InvalidCertificate(format!("the subject has no {what}")))?;
     if values.next().is_some() {
-        return Err(IdentityError::InvalidCertificate(format!("the subject has more than one {what}")));
+        return Err(IdentityError::InvalidCertificate(format!(
+            "the subject has more than one {what}"
+        )));
     }
-    let value = first
-        .as_str()
-        .map_err(|e| IdentityError::InvalidCertificate(format!("the subject's {what} is not text: {e}")))?;
+    let value = first.as_str().map_err(|e| {
+        IdentityError::InvalidCertificate(format!("the subject's {what} is not text: {e}"))
+    })?;
     if value.is_empty() {
-        return Err(IdentityError::InvalidCertificate(format!("the subject's {what} is empty")));
+        return Err(IdentityError::InvalidCertificate(format!(
+            "the subject's {what} is empty"
+        )));
     }
     Ok(value.to_string())
 }
@@ -65,17 +81,24 @@ pub fn peer_from_request<T>(request: &tonic::Request<T>) -> Result<PeerIdentity,
         .first()
         .ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
     peer_identity(leaf.as_ref()).map_err(|e| {
-        tonic::Status::unauthenticated(format!("the client certificate is not a cluster certificate: {e}"))
+        tonic::Status::unauthenticated(format!(
+            "the client certificate is not a cluster certificate: {e}"
+        ))
     })
 }
 
 /// Like [`peer_from_request`], and `PermissionDenied` unless the caller's role is in `allowed`.
-pub fn require_role<T>(request: &tonic::Request<T>, allowed: &[Role]) -> Result<PeerIdentity, tonic::Status> {
+pub fn require_role<T>(
+    request: &tonic::Request<T>,
+    allowed: &[Role],
+) -> Result<PeerIdentity, tonic::Status> {
     let peer = peer_from_request(request)?;
     if allowed.contains(&peer.role) {
         Ok(peer)
     } else {
-        Err(tonic::Status::permission_denied(denied_message(peer.role, allowed)))
+        Err(tonic::Status::permission_denied(denied_message(
+            peer.role, allowed,
+        )))
     }
 }
 

@@ -64,7 +64,10 @@ pub async fn connect_pinned(addr: &str, ca_digest: &str) -> Result<Channel, Iden
         return Err(IdentityError::InvalidDigest(ca_digest.to_string()));
     }
     let provider = provider();
-    let verifier = Arc::new(PinnedCaVerifier { digest, provider: provider.clone() });
+    let verifier = Arc::new(PinnedCaVerifier {
+        digest,
+        provider: provider.clone(),
+    });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| IdentityError::Tls(e.to_string()))?
@@ -94,7 +97,9 @@ fn mtls_client_config(creds: &Credentials) -> Result<ClientConfig, IdentityError
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| IdentityError::InvalidCertificate(format!("our certificate: {e}")))?;
     if chain.is_empty() {
-        return Err(IdentityError::InvalidCertificate("our certificate: no CERTIFICATE block".into()));
+        return Err(IdentityError::InvalidCertificate(
+            "our certificate: no CERTIFICATE block".into(),
+        ));
     }
     let key = parse_key(&creds.key_pem)?;
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -109,12 +114,15 @@ fn mtls_client_config(creds: &Credentials) -> Result<ClientConfig, IdentityError
 
 /// The endpoint every client channel uses (scheme `http`: TLS is done by our connector).
 fn endpoint(addr: &str) -> Result<Endpoint, IdentityError> {
-    let invalid = |reason: String| IdentityError::InvalidAddress { addr: addr.to_string(), reason };
+    let invalid = |reason: String| IdentityError::InvalidAddress {
+        addr: addr.to_string(),
+        reason,
+    };
     if addr.contains('/') || addr.contains('@') {
         return Err(invalid("expected host:port".into()));
     }
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| invalid(format!("expected host:port ({e})")))?;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| invalid(format!("expected host:port ({e})")))?;
     if endpoint.uri().port_u16().is_none() {
         return Err(invalid("the port is missing: expected host:port".into()));
     }
@@ -161,35 +169,47 @@ async fn connect_with(addr: &str, config: ClientConfig) -> Result<Channel, Ident
     endpoint
         .connect_with_connector(connector(addr, config))
         .await
-        .map_err(|e| IdentityError::Connect { addr: addr.to_string(), message: error_chain(&e) })
+        .map_err(|e| IdentityError::Connect {
+            addr: addr.to_string(),
+            message: error_chain(&e),
+        })
 }
 
 /// An error and its sources, joined with ": " (tonic's own message is only "transport error").
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = readable(e);
+    let mut chain: Vec<&(dyn std::error::Error + 'static)> = vec![err];
+    while let Some(e) = chain.last().and_then(|e| e.source()) {
+        chain.push(e);
+    }
+    // rustls shows our own certificate errors in debug form; find one and show its message.
+    let nicer = chain.iter().find_map(|e| readable_rustls(*e));
+    let mut parts: Vec<String> = Vec::new();
+    for e in chain {
+        let mut text = e.to_string();
+        if let Some((raw, nice)) = &nicer {
+            text = text.replace(raw.as_str(), nice);
+        }
         // Some layers repeat their source's text in their own: keep each message once.
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
-        source = e.source();
     }
     parts.join(": ")
 }
 
-/// The text of one error; a rustls certificate error of ours (wrapped in an `io::Error` by
-/// tokio-rustls) is shown as its message rather than rustls' debug form of it.
-fn readable(e: &(dyn std::error::Error + 'static)) -> String {
-    let rustls_error = e
-        .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = rustls_error {
-        return format!("invalid peer certificate: {other}");
+/// For a rustls certificate error of ours (wrapped in an `io::Error` by tokio-rustls): its text
+/// as rustls shows it and as we want it shown.
+fn readable_rustls(e: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    match inner.downcast_ref::<rustls::Error>()? {
+        error @ rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            Some((
+                error.to_string(),
+                format!("invalid peer certificate: {other}"),
+            ))
+        }
+        _ => None,
     }
-    e.to_string()
 }
 
 /// Trusts a server whose presented chain contains the CA pinned by a join token (by SHA-256 of
@@ -211,27 +231,26 @@ impl ServerCertVerifier for PinnedCaVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let pinned = std::iter::once(end_entity)
             .chain(intermediates)
-            .position(|c| sha256_hex(c.as_ref()) == self.digest);
-        let Some(index) = pinned else {
+            .find(|c| sha256_hex(c.as_ref()) == self.digest);
+        let Some(ca) = pinned else {
             return Err(cert_error(format!(
                 "the server's CA does not match the join token (expected CA digest {})",
                 self.digest
             )));
         };
-        let ca = if index == 0 { end_entity } else { &intermediates[index - 1] };
         let mut roots = RootCertStore::empty();
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| cert_error(format!("the pinned CA certificate is unusable: {e}")))?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| cert_error(format!("the pinned CA certificate is unusable: {e}")))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| cert_error(format!("the pinned CA certificate is unusable: {e}")))?;
         // The pinned CA is now a trust anchor: do not offer it as an intermediate too.
         let others: Vec<CertificateDer<'_>> = intermediates
             .iter()
-            .enumerate()
-            .filter(|(i, _)| i + 1 != index)
-            .map(|(_, c)| c.clone())
+            .filter(|c| c.as_ref() != ca.as_ref())
+            .cloned()
             .collect();
         verifier.verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
     }
@@ -242,7 +261,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -251,19 +275,26 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// A certificate error with our own message (sent to the server as a bad-certificate alert).
 fn cert_error(message: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-        std::io::Error::other(message),
-    ))))
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(std::io::Error::other(message)),
+    )))
 }
 
 #[cfg(test)]
@@ -272,9 +303,18 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_errors() {
-        assert!(matches!(endpoint("no-port"), Err(IdentityError::InvalidAddress { .. })));
-        assert!(matches!(endpoint("a b:1"), Err(IdentityError::InvalidAddress { .. })));
-        assert!(matches!(endpoint("http://x:1"), Err(IdentityError::InvalidAddress { .. })));
+        assert!(matches!(
+            endpoint("no-port"),
+            Err(IdentityError::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            endpoint("a b:1"),
+            Err(IdentityError::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            endpoint("http://x:1"),
+            Err(IdentityError::InvalidAddress { .. })
+        ));
         assert!(endpoint("127.0.0.1:4242").is_ok());
         assert!(endpoint("[::1]:4242").is_ok());
         assert!(endpoint("manager-1.example:4242").is_ok());

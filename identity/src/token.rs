@@ -40,7 +40,8 @@ impl JoinToken {
             return Err(bad(format!("the token is empty; {EXPECTED}")));
         }
         let mut parts = text.splitn(4, '-');
-        let (prefix, version, digest, secret) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let (prefix, version, digest, secret) =
+            (parts.next(), parts.next(), parts.next(), parts.next());
         if prefix != Some(PREFIX) {
             return Err(bad(format!("it does not start with {PREFIX}-; {EXPECTED}")));
         }
@@ -65,12 +66,18 @@ impl JoinToken {
         if secret.is_empty() {
             return Err(bad(format!("the secret is missing; {EXPECTED}")));
         }
-        if !secret.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if !secret
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(bad(format!(
                 "the secret may only contain lowercase letters and digits; {EXPECTED}"
             )));
         }
-        Ok(JoinToken { ca_digest: digest.to_ascii_lowercase(), secret: secret.to_string() })
+        Ok(JoinToken {
+            ca_digest: digest.to_ascii_lowercase(),
+            secret: secret.to_string(),
+        })
     }
 }
 
@@ -97,7 +104,11 @@ mod tests {
         let a = JoinToken::generate_secret();
         let b = JoinToken::generate_secret();
         assert_eq!(a.len(), 25);
-        assert!(a.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{a}");
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "{a}"
+        );
         assert_ne!(a, b);
     }
 
@@ -107,7 +118,13 @@ mod tests {
         let text = JoinToken::format(DIGEST, &secret);
         assert_eq!(text, format!("CLSTR-1-{DIGEST}-{secret}"));
         let token = JoinToken::parse(&format!("  {text}\n")).unwrap();
-        assert_eq!(token, JoinToken { ca_digest: DIGEST.into(), secret: secret.clone() });
+        assert_eq!(
+            token,
+            JoinToken {
+                ca_digest: DIGEST.into(),
+                secret: secret.clone()
+            }
+        );
         assert_eq!(token.to_string(), text);
         // Upper-case digests are accepted and normalised.
         let upper = JoinToken::parse(&JoinToken::format(&DIGEST.to_uppercase(), &secret)).unwrap();
@@ -124,7 +141,10 @@ mod tests {
     #[test]
     fn malformed_tokens() {
         let e = err(&format!("SWMTKN-1-{DIGEST}-abc"));
-        assert!(e.contains("join token is malformed") && e.contains("CLSTR-1-<ca digest>-<secret>"), "{e}");
+        assert!(
+            e.contains("join token is malformed") && e.contains("CLSTR-1-<ca digest>-<secret>"),
+            "{e}"
+        );
         assert!(err(&format!("CLSTR-2-{DIGEST}-abc")).contains("version"));
         assert!(err(&format!("CLSTR-1-{}-abc", &DIGEST[..63])).contains("63 characters"));
         assert!(err(&format!("CLSTR-1-{}g-abc", &DIGEST[..63])).contains("not hexadecimal"));

@@ -2,8 +2,9 @@
 //! records and checks the caller's identity) on 127.0.0.1, and our client channels.
 
 use identity::{
-    Credentials, PeerIdentity, Role, RootCa, Subject, Validity, connect, connect_pinned, channel_lazy,
-    generate_csr, install_crypto_provider, peer_from_request, require_role, server_tls,
+    Credentials, PeerIdentity, Role, RootCa, Subject, Validity, channel_lazy, connect,
+    connect_pinned, generate_csr, install_crypto_provider, peer_from_request, require_role,
+    server_tls,
 };
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,19 +25,35 @@ struct Cluster {
 
 impl Cluster {
     fn new(cluster_id: &str) -> Self {
-        Cluster { ca: RootCa::generate(cluster_id).unwrap(), cluster_id: cluster_id.to_string() }
+        Cluster {
+            ca: RootCa::generate(cluster_id).unwrap(),
+            cluster_id: cluster_id.to_string(),
+        }
     }
     fn subject(&self, node_id: &str, role: Role) -> Subject {
-        Subject { node_id: node_id.into(), role, cluster_id: self.cluster_id.clone() }
+        Subject {
+            node_id: node_id.into(),
+            role,
+            cluster_id: self.cluster_id.clone(),
+        }
     }
     /// Credentials the way a joining node gets them: its own key, a CSR, a signed certificate.
     fn creds_via_csr(&self, node_id: &str, role: Role, validity: Validity) -> Credentials {
         let (csr, key_pem) = generate_csr().unwrap();
-        let cert_pem = self.ca.issue(&csr, &self.subject(node_id, role), validity).unwrap();
-        Credentials { ca_cert_pem: self.ca.cert_pem().to_string(), cert_pem, key_pem }
+        let cert_pem = self
+            .ca
+            .issue(&csr, &self.subject(node_id, role), validity)
+            .unwrap();
+        Credentials {
+            ca_cert_pem: self.ca.cert_pem().to_string(),
+            cert_pem,
+            key_pem,
+        }
     }
     fn creds(&self, node_id: &str, role: Role) -> Credentials {
-        self.ca.issue_keypair(&self.subject(node_id, role), Validity::for_duration(HOUR)).unwrap()
+        self.ca
+            .issue_keypair(&self.subject(node_id, role), Validity::for_duration(HOUR))
+            .unwrap()
     }
 }
 
@@ -56,14 +73,21 @@ async fn start_server(creds: &Credentials, required: Option<Vec<Role>>) -> (Sock
     let service = tonic::service::interceptor::InterceptedService::new(health, interceptor);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = Server::builder().tls_config(server_tls(creds).unwrap()).unwrap().add_service(service);
-    tokio::spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    let router = Server::builder()
+        .tls_config(server_tls(creds).unwrap())
+        .unwrap()
+        .add_service(service);
+    tokio::spawn(
+        router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
     (addr, seen)
 }
 
 async fn check(channel: Channel) -> Result<(), tonic::Status> {
     let mut client = HealthClient::new(channel);
-    let request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+    let request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
     tokio::time::timeout(Duration::from_secs(10), client.check(request))
         .await
         .map_err(|_| tonic::Status::deadline_exceeded("test timeout"))?
@@ -77,12 +101,18 @@ async fn assert_refused(addr: SocketAddr, creds: &Credentials, seen: &Seen) {
     match connect(&addr.to_string(), creds).await {
         Err(e) => eprintln!("refused at connect: {e}"),
         Ok(channel) => {
-            let status = check(channel).await.expect_err("the call should have been refused");
+            let status = check(channel)
+                .await
+                .expect_err("the call should have been refused");
             eprintln!("refused at the call: {status:?}");
             assert_ne!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
         }
     }
-    assert_eq!(seen.lock().unwrap().len(), before, "the request must not reach the service");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "the request must not reach the service"
+    );
 }
 
 #[tokio::test]
@@ -97,7 +127,9 @@ async fn mtls_with_a_manager_certificate() {
 
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
-    let peer = seen[0].clone().expect("the server must see the client certificate");
+    let peer = seen[0]
+        .clone()
+        .expect("the server must see the client certificate");
     assert_eq!(peer, client.identity().unwrap());
     assert_eq!(peer.node_id, "m2");
     assert_eq!(peer.role, Role::Manager);
@@ -127,15 +159,22 @@ async fn pinned_connection_without_a_client_certificate() {
     let (addr, seen) = start_server(&cluster.creds("m1", Role::Manager), None).await;
 
     // Right digest (in upper case too): connects, and the server sees no client certificate.
-    let channel = connect_pinned(&addr.to_string(), &cluster.ca.digest()).await.unwrap();
+    let channel = connect_pinned(&addr.to_string(), &cluster.ca.digest())
+        .await
+        .unwrap();
     check(channel).await.unwrap();
-    let channel = connect_pinned(&addr.to_string(), &cluster.ca.digest().to_uppercase()).await.unwrap();
+    let channel = connect_pinned(&addr.to_string(), &cluster.ca.digest().to_uppercase())
+        .await
+        .unwrap();
     check(channel).await.unwrap();
     assert_eq!(seen.lock().unwrap().clone(), vec![None, None]);
 
     // A handler that needs a certificate says Unauthenticated.
-    let (addr2, _) = start_server(&cluster.creds("m1", Role::Manager), Some(vec![Role::Admin])).await;
-    let channel = connect_pinned(&addr2.to_string(), &cluster.ca.digest()).await.unwrap();
+    let (addr2, _) =
+        start_server(&cluster.creds("m1", Role::Manager), Some(vec![Role::Admin])).await;
+    let channel = connect_pinned(&addr2.to_string(), &cluster.ca.digest())
+        .await
+        .unwrap();
     let status = check(channel).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert_eq!(status.message(), "a client certificate is required");
@@ -147,9 +186,10 @@ async fn pinned_connection_with_a_wrong_digest_fails() {
     let (addr, seen) = start_server(&cluster.creds("m1", Role::Manager), None).await;
 
     let other = Cluster::new("cluster-b");
-    let err = connect_pinned(&addr.to_string(), &other.ca.digest()).await.unwrap_err();
+    let err = connect_pinned(&addr.to_string(), &other.ca.digest())
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    eprintln!("WRONG DIGEST: {text}");
     assert!(text.contains("does not match the join token"), "{text}");
 
     let err = connect_pinned(&addr.to_string(), "abc").await.unwrap_err();
@@ -163,16 +203,28 @@ async fn pinned_connection_checks_the_leaf_against_the_pinned_ca() {
     let cluster = Cluster::new("cluster-a");
     let impostor = Cluster::new("cluster-a");
     let leaf = impostor.creds("m1", Role::Manager);
-    let mixed = Credentials { ca_cert_pem: cluster.ca.cert_pem().to_string(), ..leaf };
+    let mixed = Credentials {
+        ca_cert_pem: cluster.ca.cert_pem().to_string(),
+        ..leaf
+    };
     let (addr, _) = start_server(&mixed, None).await;
-    assert!(connect_pinned(&addr.to_string(), &cluster.ca.digest()).await.is_err());
+    assert!(
+        connect_pinned(&addr.to_string(), &cluster.ca.digest())
+            .await
+            .is_err()
+    );
 
     // A server whose certificate is a worker's (no manager server name): refused too.
     let (addr, _) = start_server(&cluster.creds("w1", Role::Worker), None).await;
-    let err = connect_pinned(&addr.to_string(), &cluster.ca.digest()).await.unwrap_err();
-    eprintln!("WORKER AS SERVER: {err}");
+    let err = connect_pinned(&addr.to_string(), &cluster.ca.digest())
+        .await
+        .unwrap_err();
     assert!(err.to_string().to_lowercase().contains("name"), "{err}");
-    assert!(connect(&addr.to_string(), &cluster.creds("w2", Role::Worker)).await.is_err());
+    assert!(
+        connect(&addr.to_string(), &cluster.creds("w2", Role::Worker))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -184,12 +236,14 @@ async fn client_certificate_from_another_cluster_is_refused() {
     // cluster B's: the server must refuse it.
     let other = Cluster::new("cluster-b");
     let foreign = other.creds("intruder", Role::Admin);
-    let creds = Credentials { ca_cert_pem: cluster.ca.cert_pem().to_string(), ..foreign.clone() };
+    let creds = Credentials {
+        ca_cert_pem: cluster.ca.cert_pem().to_string(),
+        ..foreign.clone()
+    };
     assert_refused(addr, &creds, &seen).await;
 
     // With its own CA as roots, the client refuses the server at the handshake.
     let err = connect(&addr.to_string(), &foreign).await.unwrap_err();
-    eprintln!("FOREIGN ROOTS: {err}");
     assert!(err.to_string().contains("cannot connect to"), "{err}");
     assert!(seen.lock().unwrap().is_empty());
 }
@@ -199,12 +253,18 @@ async fn expired_client_certificate_is_refused() {
     let cluster = Cluster::new("cluster-a");
     let (addr, seen) = start_server(&cluster.creds("m1", Role::Manager), None).await;
     let now = SystemTime::now();
-    let expired = Validity { not_before: now - 2 * HOUR, not_after: now - HOUR };
+    let expired = Validity {
+        not_before: now - 2 * HOUR,
+        not_after: now - HOUR,
+    };
     let creds = cluster.creds_via_csr("w-old", Role::Worker, expired);
     assert_refused(addr, &creds, &seen).await;
 
     // Not yet valid is refused too.
-    let future = Validity { not_before: now + HOUR, not_after: now + 2 * HOUR };
+    let future = Validity {
+        not_before: now + HOUR,
+        not_after: now + 2 * HOUR,
+    };
     let creds = cluster.creds_via_csr("w-new", Role::Worker, future);
     assert_refused(addr, &creds, &seen).await;
 }
@@ -212,7 +272,8 @@ async fn expired_client_certificate_is_refused() {
 #[tokio::test]
 async fn require_role_refuses_a_worker_where_admin_is_needed() {
     let cluster = Cluster::new("cluster-a");
-    let (addr, seen) = start_server(&cluster.creds("m1", Role::Manager), Some(vec![Role::Admin])).await;
+    let (addr, seen) =
+        start_server(&cluster.creds("m1", Role::Manager), Some(vec![Role::Admin])).await;
 
     let worker = cluster.creds_via_csr("w1", Role::Worker, Validity::for_duration(HOUR));
     let channel = connect(&addr.to_string(), &worker).await.unwrap();
@@ -238,7 +299,10 @@ async fn https_scheme_with_a_custom_connector_is_refused_by_tonic() {
         let (a, _b) = tokio::io::duplex(64);
         Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(a))
     });
-    let err = endpoint.connect_with_connector(connector).await.unwrap_err();
+    let err = endpoint
+        .connect_with_connector(connector)
+        .await
+        .unwrap_err();
     let mut text = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(e) = source {

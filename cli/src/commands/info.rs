@@ -8,6 +8,7 @@ use crate::output::{Format, capitalize, format_time_ms, json, key_values, node_i
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
+    /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -42,7 +43,11 @@ pub fn render(info: &InfoResponse) -> String {
     } else if info.leader_addr.is_empty() {
         manager_label(info, info.leader_id)
     } else {
-        format!("{} at {}", manager_label(info, info.leader_id), info.leader_addr)
+        format!(
+            "{} at {}",
+            manager_label(info, info.leader_id),
+            info.leader_addr
+        )
     };
     let entries = [
         ("Cluster ID", info.cluster_id.clone()),
@@ -62,7 +67,15 @@ pub fn render(info: &InfoResponse) -> String {
     ];
     let mut managers: Vec<_> = info.managers.iter().collect();
     managers.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-    let headers = ["ID", "HOSTNAME", "ADDRESS", "LEADER", "REACHABILITY", "MEMBERSHIP", "MATCHED INDEX"];
+    let headers = [
+        "ID",
+        "HOSTNAME",
+        "ADDRESS",
+        "LEADER",
+        "REACHABILITY",
+        "MEMBERSHIP",
+        "MATCHED INDEX",
+    ];
     let rows = managers.iter().map(|m| {
         vec![
             node_id(m.id),
@@ -113,9 +126,18 @@ mod tests {
             ..Default::default()
         };
         let text = render(&info);
-        assert!(text.contains("Leader:            0000000000000001 (m1) at 10.0.0.1:4242\n"), "{text}");
-        assert!(text.contains("Answered by:       0000000000000002 (m2)\n"), "{text}");
-        assert!(text.contains("Created at:        2023-11-14T22:13:20Z\n"), "{text}");
+        assert!(
+            text.contains("Leader:            0000000000000001 (m1) at 10.0.0.1:4242\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Answered by:       0000000000000002 (m2)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Created at:        2023-11-14T22:13:20Z\n"),
+            "{text}"
+        );
         assert!(text.contains(" Applied index:    41\n"), "{text}");
         let table_start = text.find("ID   ").unwrap();
         let lines: Vec<_> = text[table_start..].lines().collect();
@@ -128,7 +150,10 @@ mod tests {
     #[test]
     fn no_leader() {
         let text = render(&InfoResponse::default());
-        assert!(text.contains("Leader:            none (no leader elected)\n"), "{text}");
+        assert!(
+            text.contains("Leader:            none (no leader elected)\n"),
+            "{text}"
+        );
         assert!(text.contains("Answered by:       none\n"), "{text}");
     }
 }

@@ -30,8 +30,10 @@ pub struct JoinTokenArgs {
     /// Only print the token.
     #[arg(short, long, conflicts_with = "format")]
     pub quiet: bool,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Which token: worker or manager.
     #[arg(value_enum)]
     pub role: TokenRole,
 }
@@ -40,7 +42,10 @@ pub struct JoinTokenArgs {
 pub async fn run(args: JoinTokenArgs, target: &Target) -> anyhow::Result<()> {
     let connection = target.connect().await?;
     let mut client = connection.control();
-    let request = GetJoinTokenRequest { role: args.role.as_str().to_string(), rotate: args.rotate };
+    let request = GetJoinTokenRequest {
+        role: args.role.as_str().to_string(),
+        rotate: args.rotate,
+    };
     let response = rpc(client.get_join_token(request)).await?;
     let text = if args.quiet {
         format!("{}\n", response.token)
@@ -49,7 +54,10 @@ pub async fn run(args: JoinTokenArgs, target: &Target) -> anyhow::Result<()> {
     } else {
         let mut text = String::new();
         if args.rotate {
-            text.push_str(&format!("Successfully rotated {} join token.\n\n", args.role.as_str()));
+            text.push_str(&format!(
+                "Successfully rotated {} join token.\n\n",
+                args.role.as_str()
+            ));
         }
         text.push_str(&join_instructions(args.role, &response, &connection.addr));
         text
@@ -61,13 +69,16 @@ pub async fn run(args: JoinTokenArgs, target: &Target) -> anyhow::Result<()> {
 /// The docker-like "To add a worker ..." text. Uses the first advertised manager address, or
 /// the one we are connected to when the manager lists none.
 pub fn join_instructions(role: TokenRole, response: &JoinTokenResponse, connected: &str) -> String {
-    let addr = response.manager_addrs.first().map_or(connected, String::as_str);
+    let addr = response
+        .manager_addrs
+        .first()
+        .map_or(connected, String::as_str);
     let token = &response.token;
     let command = match role {
         TokenRole::Worker => format!("cluster-agent join --token {token} {addr}"),
         TokenRole::Manager => format!(
             "cluster-manager join --token {token} --join-addr {addr} \
-             --listen-addr <THIS_HOST>:4242 --data-dir /var/lib/cluster"
+             --listen-addr <THIS_HOST>:4242 --data-dir /var/lib/cluster/manager"
         ),
     };
     format!(
@@ -90,7 +101,11 @@ mod tests {
 
     #[test]
     fn worker_instructions() {
-        let text = join_instructions(TokenRole::Worker, &response(&["10.0.0.1:4242", "10.0.0.2:4242"]), "x:1");
+        let text = join_instructions(
+            TokenRole::Worker,
+            &response(&["10.0.0.1:4242", "10.0.0.2:4242"]),
+            "x:1",
+        );
         assert_eq!(
             text,
             "To add a worker to this cluster, run the following command:\n\n    \
@@ -101,11 +116,14 @@ mod tests {
     #[test]
     fn manager_instructions_fall_back_to_connected_addr() {
         let text = join_instructions(TokenRole::Manager, &response(&[]), "10.0.0.9:4242");
-        assert!(text.starts_with("To add a manager to this cluster"), "{text}");
+        assert!(
+            text.starts_with("To add a manager to this cluster"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "    cluster-manager join --token CLTKN-1-abc-def --join-addr 10.0.0.9:4242 \
-                 --listen-addr <THIS_HOST>:4242 --data-dir /var/lib/cluster\n"
+                 --listen-addr <THIS_HOST>:4242 --data-dir /var/lib/cluster/manager\n"
             ),
             "{text}"
         );

@@ -10,7 +10,9 @@ use super::for_each_ref;
 use super::node_view::{inspect_pretty, nodes_table, sort_nodes};
 use crate::connect::{Target, rpc};
 use crate::output::{Format, json, print};
-use crate::parse::{NODE_FILTER_KEYS, filter_map, parse_availability, parse_filter, parse_label, parse_label_key};
+use crate::parse::{
+    NODE_FILTER_KEYS, filter_map, parse_availability, parse_filter, parse_label, parse_label_key,
+};
 
 /// Manage the cluster's nodes.
 #[derive(Debug, Subcommand)]
@@ -39,6 +41,7 @@ pub struct LsArgs {
     /// Filter: id=PREFIX, name=PREFIX, role=manager|worker, availability=..., label=K or K=V.
     #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_filter)]
     pub filter: Vec<(String, String)>,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -58,6 +61,7 @@ pub struct InspectArgs {
     /// Print a human-readable summary instead of JSON.
     #[arg(long, conflicts_with = "format")]
     pub pretty: bool,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = InspectFormat::Json)]
     pub format: InspectFormat,
     /// Node ids, unique id prefixes or hostnames.
@@ -137,7 +141,11 @@ async fn inspect(args: InspectArgs, target: &Target) -> anyhow::Result<()> {
     .await;
     let pretty = args.pretty || args.format == InspectFormat::Pretty;
     let text = if pretty {
-        nodes.iter().map(inspect_pretty).collect::<Vec<_>>().join("\n")
+        nodes
+            .iter()
+            .map(inspect_pretty)
+            .collect::<Vec<_>>()
+            .join("\n")
     } else {
         json(&nodes)?
     };
@@ -176,10 +184,14 @@ async fn promote(args: RefsArgs, target: &Target, up: bool) -> anyhow::Result<()
     let (_, failed) = for_each_ref(&args.nodes, |reference| {
         let mut client = client.clone();
         async move {
-            let request = GetNodeRequest { reference: reference.clone() };
+            let request = GetNodeRequest {
+                reference: reference.clone(),
+            };
             if up {
                 rpc(client.promote_node(request)).await?;
-                print(&format!("Node {reference} promoted to a manager in the cluster.\n"))?;
+                print(&format!(
+                    "Node {reference} promoted to a manager in the cluster.\n"
+                ))?;
             } else {
                 rpc(client.demote_node(request)).await?;
                 print(&format!("Manager {reference} demoted in the cluster.\n"))?;
@@ -213,7 +225,10 @@ mod tests {
     fn args(availability: Option<&str>, add: &[(&str, &str)], rm: &[&str]) -> UpdateArgs {
         UpdateArgs {
             availability: availability.map(str::to_string),
-            label_add: add.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            label_add: add
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             label_rm: rm.iter().map(|k| k.to_string()).collect(),
             node: "n1".to_string(),
         }
@@ -221,7 +236,12 @@ mod tests {
 
     #[test]
     fn update_requests() {
-        let req = update_request(&args(Some("drain"), &[("a", "1"), ("a", "2"), ("b", "")], &["c"])).unwrap();
+        let req = update_request(&args(
+            Some("drain"),
+            &[("a", "1"), ("a", "2"), ("b", "")],
+            &["c"],
+        ))
+        .unwrap();
         assert_eq!(req.reference, "n1");
         assert_eq!(req.availability, "drain");
         assert_eq!(req.labels_add.get("a").map(String::as_str), Some("2"));
@@ -233,9 +253,13 @@ mod tests {
 
     #[test]
     fn update_rejects_nothing_and_conflicts() {
-        let err = update_request(&args(None, &[], &[])).unwrap_err().to_string();
+        let err = update_request(&args(None, &[], &[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("nothing to update"), "{err}");
-        let err = update_request(&args(None, &[("a", "1")], &["a"])).unwrap_err().to_string();
+        let err = update_request(&args(None, &[("a", "1")], &["a"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("both added and removed"), "{err}");
     }
 }

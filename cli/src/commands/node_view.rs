@@ -20,7 +20,15 @@ pub fn manager_status(node: &Node) -> String {
 
 /// The `node ls` table.
 pub fn nodes_table(nodes: &[Node]) -> String {
-    let headers = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ROLE", "ADDRESS"];
+    let headers = [
+        "ID",
+        "HOSTNAME",
+        "STATUS",
+        "AVAILABILITY",
+        "MANAGER STATUS",
+        "ROLE",
+        "ADDRESS",
+    ];
     let rows = nodes.iter().map(|n| {
         vec![
             n.id.clone(),
@@ -76,9 +84,19 @@ mod tests {
         Node {
             id: id.to_string(),
             hostname: hostname.to_string(),
-            role: if manager.is_some() { "manager" } else { "worker" }.to_string(),
+            role: if manager.is_some() {
+                "manager"
+            } else {
+                "worker"
+            }
+            .to_string(),
             availability: "active".to_string(),
-            addr: if manager.is_some() { "10.0.0.1:4242" } else { "10.0.0.2" }.to_string(),
+            addr: if manager.is_some() {
+                "10.0.0.1:4242"
+            } else {
+                "10.0.0.2"
+            }
+            .to_string(),
             state: "ready".to_string(),
             manager,
             created_at_ms: 1_700_000_000_000,
@@ -115,7 +133,10 @@ ID                 HOSTNAME    STATUS   AVAILABILITY   MANAGER STATUS   ROLE    
         let mut follower = leader();
         follower.leader = false;
         follower.reachability = "unreachable".to_string();
-        assert_eq!(manager_status(&node("a", "h", Some(follower))), "Unreachable");
+        assert_eq!(
+            manager_status(&node("a", "h", Some(follower))),
+            "Unreachable"
+        );
         assert_eq!(manager_status(&node("a", "h", Some(leader()))), "Leader");
         assert_eq!(manager_status(&node("a", "h", None)), "");
     }
@@ -126,10 +147,19 @@ ID                 HOSTNAME    STATUS   AVAILABILITY   MANAGER STATUS   ROLE    
         n.labels.insert("zone".to_string(), "eu".to_string());
         n.labels.insert("ssd".to_string(), String::new());
         let text = inspect_pretty(&n);
-        assert!(text.starts_with("ID:               00000000000000a1\n"), "{text}");
-        assert!(text.contains("Joined at:        2023-11-14T22:13:20Z\n"), "{text}");
+        assert!(
+            text.starts_with("ID:               00000000000000a1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Joined at:        2023-11-14T22:13:20Z\n"),
+            "{text}"
+        );
         assert!(text.contains("Labels:\n - ssd=\n - zone=eu\n"), "{text}");
-        assert!(text.contains("Manager status:\n Leader:          yes\n"), "{text}");
+        assert!(
+            text.contains("Manager status:\n Leader:          yes\n"),
+            "{text}"
+        );
         let worker = inspect_pretty(&node("b", "w", None));
         assert!(worker.contains("Labels:         none\n"), "{worker}");
         assert!(!worker.contains("Manager status"), "{worker}");
