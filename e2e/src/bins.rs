@@ -19,7 +19,10 @@ pub fn bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
         let dir = PathBuf::from(dir);
         if !dir.join(MANAGER_BIN).is_file() {
-            bail!("{BIN_DIR_ENV}={} does not hold {MANAGER_BIN}", dir.display());
+            bail!(
+                "{BIN_DIR_ENV}={} does not hold {MANAGER_BIN}",
+                dir.display()
+            );
         }
         return Ok(dir);
     }
@@ -51,7 +54,10 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub fn binary_in(dir: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     if !path.is_file() {
-        bail!("{} is missing: run `cargo build --workspace --bins` first", path.display());
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first",
+            path.display()
+        );
     }
     Ok(path)
 }

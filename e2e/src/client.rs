@@ -34,7 +34,9 @@ pub async fn call<T>(
 ) -> Result<T, Status> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded(format!("e2e: no answer within {timeout:?}"))),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "e2e: no answer within {timeout:?}"
+        ))),
     }
 }
 
@@ -84,8 +86,18 @@ pub async fn write_label(
 }
 
 /// A node's labels (a linearizable read on the manager asked).
-pub async fn node_labels(client: &mut Control, node: &str, timeout: Duration) -> Result<BTreeMap<String, String>, Status> {
-    let node = call(timeout, client.get_node(pb::GetNodeRequest { reference: node.to_string() })).await?;
+pub async fn node_labels(
+    client: &mut Control,
+    node: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>, Status> {
+    let node = call(
+        timeout,
+        client.get_node(pb::GetNodeRequest {
+            reference: node.to_string(),
+        }),
+    )
+    .await?;
     Ok(node.labels.into_iter().collect())
 }
 
@@ -96,13 +108,22 @@ pub async fn info(client: &mut Control, timeout: Duration) -> Result<pb::InfoRes
 
 /// All nodes.
 pub async fn list_nodes(client: &mut Control, timeout: Duration) -> Result<Vec<pb::Node>, Status> {
-    Ok(call(timeout, client.list_nodes(pb::ListNodesRequest::default())).await?.nodes)
+    Ok(
+        call(timeout, client.list_nodes(pb::ListNodesRequest::default()))
+            .await?
+            .nodes,
+    )
 }
 
 /// The join token for `role` ("worker" or "manager"), rotated first if `rotate`.
 pub async fn join_token(client: &mut Control, role: &str, rotate: bool) -> Result<String, Status> {
-    let request = pb::GetJoinTokenRequest { role: role.to_string(), rotate };
-    Ok(call(CALL_TIMEOUT, client.get_join_token(request)).await?.token)
+    let request = pb::GetJoinTokenRequest {
+        role: role.to_string(),
+        rotate,
+    };
+    Ok(call(CALL_TIMEOUT, client.get_join_token(request))
+        .await?
+        .token)
 }
 
 /// Asks the manager at `addr` for a certificate with `token` (pinning the CA digest in the token,
@@ -116,7 +137,11 @@ pub async fn request_certificate(
 ) -> Result<(Result<pb::IssueCertificateResponse, Status>, String)> {
     let digest = match pin {
         Some(pin) => pin.to_string(),
-        None => identity::JoinToken::parse(token).context("parsing the join token")?.ca_digest,
+        None => {
+            identity::JoinToken::parse(token)
+                .context("parsing the join token")?
+                .ca_digest
+        }
     };
     let mut ca = ca_pinned(addr, &digest).await?;
     let (csr_pem, key_pem) = identity::generate_csr()?;
@@ -126,23 +151,43 @@ pub async fn request_certificate(
         hostname: hostname.to_string(),
         advertise_addr: advertise_addr.to_string(),
     };
-    Ok((call(CALL_TIMEOUT, ca.issue_certificate(request)).await, key_pem))
+    Ok((
+        call(CALL_TIMEOUT, ca.issue_certificate(request)).await,
+        key_pem,
+    ))
 }
 
 /// Joins a worker node record (no agent runs) and returns its credentials and node id.
 pub async fn join_worker(addr: &str, token: &str, hostname: &str) -> Result<(Credentials, String)> {
     let (issued, key_pem) = request_certificate(addr, token, None, hostname, "127.0.0.9").await?;
-    let issued = issued.map_err(|s| anyhow!("IssueCertificate refused the worker: {:?} {}", s.code(), s.message()))?;
+    let issued = issued.map_err(|s| {
+        anyhow!(
+            "IssueCertificate refused the worker: {:?} {}",
+            s.code(),
+            s.message()
+        )
+    })?;
     if issued.role != "worker" {
         bail!("expected a worker certificate, got role {:?}", issued.role);
     }
-    let creds = Credentials { ca_cert_pem: issued.ca_cert_pem, cert_pem: issued.cert_pem, key_pem };
+    let creds = Credentials {
+        ca_cert_pem: issued.ca_cert_pem,
+        cert_pem: issued.cert_pem,
+        key_pem,
+    };
     Ok((creds, format!("{:016x}", issued.node_id)))
 }
 
 /// Whether an error means "try again elsewhere or later" (no leader, unreachable, timeout).
 pub fn is_transient(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted)
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+    )
 }
 
 /// `code: message` for assertions.

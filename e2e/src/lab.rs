@@ -57,7 +57,14 @@ impl Lab {
             .prefix(&format!("e2e-{name}-"))
             .tempdir()
             .context("cannot create a temp dir")?;
-        Ok(Lab { name: name.to_string(), managers: Vec::new(), bin_dir, admin: None, passed: false, root: Some(root) })
+        Ok(Lab {
+            name: name.to_string(),
+            managers: Vec::new(),
+            bin_dir,
+            admin: None,
+            passed: false,
+            root: Some(root),
+        })
     }
 
     /// A cluster of `n` managers (init + `n - 1` joins), every one a voter, all with `tuning`.
@@ -73,7 +80,10 @@ impl Lab {
 
     /// The directory holding every manager's data dir.
     pub fn root(&self) -> &Path {
-        self.root.as_ref().map(|r| r.path()).unwrap_or_else(|| Path::new("/nonexistent"))
+        self.root
+            .as_ref()
+            .map(|r| r.path())
+            .unwrap_or_else(|| Path::new("/nonexistent"))
     }
 
     pub fn bin_dir(&self) -> &Path {
@@ -86,7 +96,8 @@ impl Lab {
         let addr = crate::ports::free_addr()?;
         let data_dir = self.root().join(&name);
         let bin = bins::binary_in(&self.bin_dir, MANAGER_BIN)?;
-        self.managers.push(Manager::new(bin, &name, addr, data_dir, tuning));
+        self.managers
+            .push(Manager::new(bin, &name, addr, data_dir, tuning));
         Ok(index)
     }
 
@@ -95,9 +106,12 @@ impl Lab {
         ensure!(self.admin.is_none(), "this lab already has a cluster");
         let i = self.add_manager(tuning)?;
         self.managers[i].start_init()?;
-        self.managers[i].wait_stdout(INIT_DONE, START_TIMEOUT).await?;
+        self.managers[i]
+            .wait_stdout(INIT_DONE, START_TIMEOUT)
+            .await?;
         let path = self.managers[i].data_dir.join("admin.json");
-        let config = AdminConfig::load(&path).with_context(|| format!("{} after init", self.managers[i].name))?;
+        let config = AdminConfig::load(&path)
+            .with_context(|| format!("{} after init", self.managers[i].name))?;
         ensure!(
             config.managers.contains(&self.managers[i].addr),
             "admin.json lists managers {:?}, not {}",
@@ -112,26 +126,40 @@ impl Lab {
     /// Joins a new manager with the manager token through a running manager; waits until it
     /// says it joined and answers `Info`.
     pub async fn join(&mut self, tuning: Tuning) -> Result<usize> {
-        let via = self.running().first().copied().ok_or_else(|| anyhow!("no manager is running to join through"))?;
+        let via = self
+            .running()
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow!("no manager is running to join through"))?;
         let token = client::join_token(&mut self.control(via).await?, "manager", false)
             .await
             .map_err(|s| anyhow!("GetJoinToken(manager): {}", client::describe(&s)))?;
         let join_addr = self.managers[via].addr.clone();
         let i = self.add_manager(tuning)?;
         self.managers[i].start_join(&token, &join_addr)?;
-        self.managers[i].wait_stdout(JOIN_DONE, START_TIMEOUT).await?;
+        self.managers[i]
+            .wait_stdout(JOIN_DONE, START_TIMEOUT)
+            .await?;
         self.wait_info(i, CONVERGE_TIMEOUT).await?;
         Ok(i)
     }
 
     /// The admin config written by `init`.
     pub fn admin(&self) -> &AdminConfig {
-        &self.admin.as_ref().expect("the lab has no cluster yet: call init first").1
+        &self
+            .admin
+            .as_ref()
+            .expect("the lab has no cluster yet: call init first")
+            .1
     }
 
     /// Where `init` wrote admin.json.
     pub fn admin_path(&self) -> &Path {
-        &self.admin.as_ref().expect("the lab has no cluster yet: call init first").0
+        &self
+            .admin
+            .as_ref()
+            .expect("the lab has no cluster yet: call init first")
+            .0
     }
 
     pub fn addr(&self, i: usize) -> &str {
@@ -145,12 +173,16 @@ impl Lab {
 
     /// Indexes of the managers whose process is alive.
     pub fn running(&mut self) -> Vec<usize> {
-        (0..self.managers.len()).filter(|&i| self.managers[i].is_running()).collect()
+        (0..self.managers.len())
+            .filter(|&i| self.managers[i].is_running())
+            .collect()
     }
 
     /// The index of the manager with Raft id `raft_id`.
     pub fn index_of(&self, raft_id: u64) -> Option<usize> {
-        self.managers.iter().position(|m| m.raft_id().ok() == Some(raft_id))
+        self.managers
+            .iter()
+            .position(|m| m.raft_id().ok() == Some(raft_id))
     }
 
     /// A Control client with the admin credentials on manager `i`.
@@ -161,9 +193,13 @@ impl Lab {
     /// `Info` from manager `i` (fresh connection, bounded).
     pub async fn info(&self, i: usize) -> Result<pb::InfoResponse> {
         let mut control = self.control(i).await?;
-        client::info(&mut control, POLL_CALL)
-            .await
-            .map_err(|s| anyhow!("Info on {}: {}", self.managers[i].name, client::describe(&s)))
+        client::info(&mut control, POLL_CALL).await.map_err(|s| {
+            anyhow!(
+                "Info on {}: {}",
+                self.managers[i].name,
+                client::describe(&s)
+            )
+        })
     }
 
     /// Waits until manager `i` answers `Info`.
@@ -198,14 +234,21 @@ impl Lab {
                         continue;
                     };
                     if !running.contains(&leader) {
-                        last = anyhow!("{} still names {} as leader, which is down", this.managers[i].name, this.managers[leader].name);
+                        last = anyhow!(
+                            "{} still names {} as leader, which is down",
+                            this.managers[i].name,
+                            this.managers[leader].name
+                        );
                         continue;
                     }
                     let own = this.info(leader).await?;
                     if own.leader_id == leader_id {
                         return Ok(leader);
                     }
-                    last = anyhow!("{} does not consider itself leader yet", this.managers[leader].name);
+                    last = anyhow!(
+                        "{} does not consider itself leader yet",
+                        this.managers[leader].name
+                    );
                 }
                 Err(last)
             }
@@ -220,7 +263,11 @@ impl Lab {
         let this = &*self;
         eventually(&what, timeout, POLL_INTERVAL, || async move {
             let info = this.info(leader).await?;
-            let good = info.managers.iter().filter(|m| m.reachability == "reachable" && m.membership == "voter").count();
+            let good = info
+                .managers
+                .iter()
+                .filter(|m| m.reachability == "reachable" && m.membership == "voter")
+                .count();
             if info.managers.len() == n && good == n {
                 Ok(info)
             } else {
@@ -231,7 +278,12 @@ impl Lab {
     }
 
     /// Waits until manager `i` has applied at least `index`; returns its `Info`.
-    pub async fn wait_applied(&self, i: usize, index: u64, timeout: Duration) -> Result<pb::InfoResponse> {
+    pub async fn wait_applied(
+        &self,
+        i: usize,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<pb::InfoResponse> {
         let what = format!("{} to apply index {index}", self.managers[i].name);
         eventually(&what, timeout, POLL_INTERVAL, || async move {
             let info = self.info(i).await?;
@@ -258,7 +310,11 @@ impl Lab {
     pub async fn cli(&self, args: &[&str]) -> Result<CliOutput> {
         let bin = bins::binary_in(&self.bin_dir, CLI_BIN)?;
         let mut command = tokio::process::Command::new(&bin);
-        command.arg("--config").arg(self.admin_path()).args(args).kill_on_drop(true);
+        command
+            .arg("--config")
+            .arg(self.admin_path())
+            .args(args)
+            .kill_on_drop(true);
         command.env_remove("CLUSTER_CONFIG");
         let output = tokio::time::timeout(CALL_TIMEOUT * 3, command.output())
             .await
@@ -274,10 +330,24 @@ impl Lab {
 
     /// Prints the tail of every manager's logs on stderr.
     pub fn dump_logs(&self) {
-        eprintln!("===== e2e lab {:?}: logs in {} =====", self.name, self.root().display());
+        eprintln!(
+            "===== e2e lab {:?}: logs in {} =====",
+            self.name,
+            self.root().display()
+        );
         for m in &self.managers {
-            eprintln!("----- {} ({}) stdout -----\n{}", m.name, m.addr, m.stdout_tail(10));
-            eprintln!("----- {} ({}) stderr (last {TAIL_LINES} lines) -----\n{}", m.name, m.addr, m.stderr_tail(TAIL_LINES));
+            eprintln!(
+                "----- {} ({}) stdout -----\n{}",
+                m.name,
+                m.addr,
+                m.stdout_tail(10)
+            );
+            eprintln!(
+                "----- {} ({}) stderr (last {TAIL_LINES} lines) -----\n{}",
+                m.name,
+                m.addr,
+                m.stderr_tail(TAIL_LINES)
+            );
         }
         eprintln!("===== end of lab {:?} =====", self.name);
     }
@@ -329,10 +399,17 @@ pub fn summary(info: &pb::InfoResponse) -> Vec<String> {
 }
 
 /// Fails unless `result` is an error with `code`; returns the error.
-pub fn expect_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, what: &str) -> Result<tonic::Status> {
+pub fn expect_code<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    what: &str,
+) -> Result<tonic::Status> {
     match result {
         Ok(value) => bail!("{what}: expected {code:?}, but the call succeeded: {value:?}"),
         Err(status) if status.code() == code => Ok(status),
-        Err(status) => bail!("{what}: expected {code:?}, got {}", client::describe(&status)),
+        Err(status) => bail!(
+            "{what}: expected {code:?}, got {}",
+            client::describe(&status)
+        ),
     }
 }

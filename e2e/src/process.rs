@@ -55,7 +55,9 @@ pub fn spawn_tied(mut command: Command) -> std::io::Result<Child> {
         .unwrap_or_else(|e| e.into_inner())
         .send((command, reply_tx))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-    reply_rx.recv().map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 /// A manager process (running or not) and everything it keeps on disk.
@@ -74,7 +76,15 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(bin: PathBuf, name: &str, addr: String, data_dir: PathBuf, tuning: Tuning) -> Self {
-        Manager { name: name.to_string(), addr, data_dir, tuning, bin, child: None, starts: 0 }
+        Manager {
+            name: name.to_string(),
+            addr,
+            data_dir,
+            tuning,
+            bin,
+            child: None,
+            starts: 0,
+        }
     }
 
     /// stdout of every run, appended.
@@ -96,14 +106,24 @@ impl Manager {
 
     /// `cluster-manager join` through the manager at `join_addr`.
     pub fn start_join(&mut self, token: &str, join_addr: &str) -> Result<()> {
-        let mut args = vec!["join".into(), "--token".into(), token.to_string(), "--join-addr".into(), join_addr.into()];
+        let mut args = vec![
+            "join".into(),
+            "--token".into(),
+            token.to_string(),
+            "--join-addr".into(),
+            join_addr.into(),
+        ];
         args.extend(self.place_args());
         self.spawn(args)
     }
 
     /// `cluster-manager run`: restart from the data dir (with the current [`Manager::tuning`]).
     pub fn restart(&mut self) -> Result<()> {
-        let args = vec!["run".to_string(), "--data-dir".into(), self.data_dir.display().to_string()];
+        let args = vec![
+            "run".to_string(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+        ];
         self.spawn(args)
     }
 
@@ -123,7 +143,8 @@ impl Manager {
             bail!("{} is already running (pid {:?})", self.name, self.pid());
         }
         args.extend(self.tuning.args());
-        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("cannot create {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
         self.starts += 1;
         let open = |path: &Path| -> Result<std::fs::File> {
             let mut file = std::fs::OpenOptions::new()
@@ -137,11 +158,18 @@ impl Manager {
         let stdout = open(&self.stdout_path())?;
         let stderr = open(&self.stderr_path())?;
         let mut command = Command::new(&self.bin);
-        command.args(&args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        // Plain logs in the files (tracing-subscriber honours NO_COLOR).
+        command.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,openraft=warn");
         }
-        let child = spawn_tied(command).with_context(|| format!("cannot start {}", self.bin.display()))?;
+        let child =
+            spawn_tied(command).with_context(|| format!("cannot start {}", self.bin.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -163,23 +191,31 @@ impl Manager {
 
     /// The exit status, if the process has exited on its own.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGKILL, then wait for the process to be gone. Harmless if it is not running.
     pub fn kill_9(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         if child.try_wait()?.is_none() {
             let pid = Pid::from_raw(i32::try_from(child.id())?);
             kill(pid, Signal::SIGKILL).with_context(|| format!("kill -9 {} ({pid})", self.name))?;
         }
-        child.wait().with_context(|| format!("waiting for {} after kill -9", self.name))?;
+        child
+            .wait()
+            .with_context(|| format!("waiting for {} after kill -9", self.name))?;
         Ok(())
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) -> Result<()> {
-        let Some(child) = self.child.as_mut() else { return Ok(()) };
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
         if child.try_wait()?.is_none() {
             let pid = Pid::from_raw(i32::try_from(child.id())?);
             let _ = kill(pid, Signal::SIGTERM);
@@ -198,8 +234,10 @@ impl Manager {
     /// The manager's Raft id, from `manager.json` in its data dir.
     pub fn raft_id(&self) -> Result<u64> {
         let path = self.data_dir.join("manager.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
         value
             .get("node_id")
             .and_then(serde_json::Value::as_u64)
@@ -283,13 +321,28 @@ mod tests {
     async fn wait_stdout_fails_early_when_the_process_exits() {
         let dir = tempfile::tempdir().unwrap();
         // `false` ignores its arguments and exits 1 at once.
-        let mut m = Manager::new(PathBuf::from("/bin/false"), "m1", "127.0.0.1:1".into(), dir.path().join("m1"), Tuning::fast());
+        let mut m = Manager::new(
+            PathBuf::from("/bin/false"),
+            "m1",
+            "127.0.0.1:1".into(),
+            dir.path().join("m1"),
+            Tuning::fast(),
+        );
         m.start_init().unwrap();
         let started = std::time::Instant::now();
-        let err = m.wait_stdout(INIT_DONE, Duration::from_secs(20)).await.unwrap_err().to_string();
+        let err = m
+            .wait_stdout(INIT_DONE, Duration::from_secs(20))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exited"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(m.stdout_tail(5).contains("=== e2e: start #1 init --data-dir"), "{}", m.stdout_tail(5));
+        assert!(
+            m.stdout_tail(5)
+                .contains("=== e2e: start #1 init --data-dir"),
+            "{}",
+            m.stdout_tail(5)
+        );
         m.kill_9().unwrap();
         assert!(!m.is_running());
     }

@@ -47,7 +47,10 @@ mod tests {
     fn nearest_rank() {
         let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let s = Summary::of(&samples);
-        assert_eq!((s.count, s.min_ms, s.p50_ms, s.p99_ms, s.max_ms), (100, 1.0, 50.0, 99.0, 100.0));
+        assert_eq!(
+            (s.count, s.min_ms, s.p50_ms, s.p99_ms, s.max_ms),
+            (100, 1.0, 50.0, 99.0, 100.0)
+        );
         let s = Summary::of(&samples[..20]);
         assert_eq!((s.p50_ms, s.p99_ms), (10.0, 20.0));
         assert_eq!(Summary::of(&[]).count, 0);

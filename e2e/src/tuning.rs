@@ -19,7 +19,10 @@ pub const DEFAULT_QUORUM_TIMEOUT_MS: u64 = 5000;
 impl Tuning {
     /// Small timeouts for tests: a failed quorum shows within 2 s.
     pub fn fast() -> Self {
-        Tuning { quorum_timeout_ms: Some(2000), ..Tuning::default() }
+        Tuning {
+            quorum_timeout_ms: Some(2000),
+            ..Tuning::default()
+        }
     }
 
     pub fn quorum_timeout_ms(mut self, ms: u64) -> Self {
@@ -65,7 +68,17 @@ mod tests {
     fn args_only_for_set_values() {
         assert!(Tuning::default().args().is_empty());
         let t = Tuning::fast().snapshots(50, 0);
-        assert_eq!(t.args(), ["--snapshot-logs", "50", "--logs-kept", "0", "--quorum-timeout-ms", "2000"]);
+        assert_eq!(
+            t.args(),
+            [
+                "--snapshot-logs",
+                "50",
+                "--logs-kept",
+                "0",
+                "--quorum-timeout-ms",
+                "2000"
+            ]
+        );
         assert_eq!(t.quorum_timeout(), Duration::from_secs(2));
     }
 }

@@ -17,10 +17,16 @@ pub async fn first_accepted_write(
     timeout: Duration,
 ) -> Result<(Duration, usize)> {
     let deadline = since + timeout;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<Duration, String>)>(clients.len().max(1));
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(usize, Result<Duration, String>)>(clients.len().max(1));
     let mut tasks = Vec::new();
     for (i, mut client) in clients.into_iter().enumerate() {
-        let (tx, node, key, value) = (tx.clone(), node.to_string(), key.to_string(), value.to_string());
+        let (tx, node, key, value) = (
+            tx.clone(),
+            node.to_string(),
+            key.to_string(),
+            value.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut last = String::from("no attempt");
             while Instant::now() < deadline {
@@ -61,6 +67,9 @@ pub async fn first_accepted_write(
     }
     match outcome {
         Some(found) => Ok(found),
-        None => bail!("no write was accepted within {timeout:?}: {}", errors.join("; ")),
+        None => bail!(
+            "no write was accepted within {timeout:?}: {}",
+            errors.join("; ")
+        ),
     }
 }

@@ -163,6 +163,7 @@ pub async fn init(options: &StartOptions, placement: &Placement) -> Result<Runni
         labels: BTreeMap::new(),
         addr: config.advertise_addr.clone(),
         state: NodeState::Ready,
+        resources: crate::store::NodeResources::default(),
     };
     running
         .consensus
@@ -305,12 +306,18 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle's algorithm with delayed ACKs adds up to 40 ms to small replies: tonic's own
+    // `tcp_nodelay` only applies to listeners it binds itself, so set it on every accepted stream.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
     let tls = identity::server_tls(&creds)?;
     let router = tonic::transport::Server::builder()
         .tls_config(tls)
         .context("invalid TLS configuration")?
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(

@@ -5,5 +5,7 @@ pub mod api;
 pub mod consensus;
 pub mod daemon;
 pub mod membership;
+pub mod orchestrator;
 pub mod raft;
+pub mod scheduler;
 pub mod store;

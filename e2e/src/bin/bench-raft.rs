@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
-#[command(name = "bench-raft", about = "Committed writes/s and leader failover of a 3-manager cluster")]
+#[command(
+    name = "bench-raft",
+    about = "Committed writes/s and leader failover of a 3-manager cluster"
+)]
 struct Args {
     /// Seconds of measurement per throughput run.
     #[arg(long, default_value_t = 10.0)]
@@ -42,6 +45,15 @@ struct Args {
     /// Per-call timeout of the clients during failover, in ms.
     #[arg(long, default_value_t = 200)]
     failover_call_ms: u64,
+    /// Passed to the managers (default: the manager's own, 50 ms).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Passed to the managers (default: the manager's own, 150 ms).
+    #[arg(long)]
+    election_min_ms: Option<u64>,
+    /// Passed to the managers (default: the manager's own, 300 ms).
+    #[arg(long)]
+    election_max_ms: Option<u64>,
 }
 
 const TARGET_WRITES_PER_SEC: f64 = 20_000.0;
@@ -88,7 +100,7 @@ struct Report {
     profile: &'static str,
     bin_dir: String,
     managers: usize,
-    settings: &'static str,
+    settings: String,
     write_op: &'static str,
     duration_s: f64,
     throughput: Vec<Throughput>,
@@ -105,7 +117,11 @@ async fn main() {
 }
 
 fn profile() -> &'static str {
-    if cfg!(debug_assertions) { "debug" } else { "release" }
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
 }
 
 async fn run(mut args: Args) -> Result<()> {
@@ -116,10 +132,29 @@ async fn run(mut args: Args) -> Result<()> {
     let duration = Duration::from_secs_f64(args.duration);
     let bin_dir = e2e::bins::bin_dir()?;
     if profile() == "debug" {
-        eprintln!("bench-raft: a debug build measures debug binaries; for real figures run target/release/bench-raft");
+        eprintln!(
+            "bench-raft: a debug build measures debug binaries; for real figures run target/release/bench-raft"
+        );
     }
-    eprintln!("bench-raft: starting 3 managers from {} (fsync on, default settings)", bin_dir.display());
-    let mut lab = Lab::cluster("bench-raft", 3, Tuning::default()).await?;
+    let tuning = Tuning {
+        heartbeat_ms: args.heartbeat_ms,
+        election_min_ms: args.election_min_ms,
+        election_max_ms: args.election_max_ms,
+        ..Tuning::default()
+    };
+    let settings = if tuning == Tuning::default() {
+        "fsync on, manager defaults (heartbeat 50 ms, election 150-300 ms, snapshot every 5000 entries)".to_string()
+    } else {
+        format!(
+            "fsync on, manager defaults except {}",
+            tuning.args().join(" ")
+        )
+    };
+    eprintln!(
+        "bench-raft: starting 3 managers from {} ({settings})",
+        bin_dir.display()
+    );
+    let mut lab = Lab::cluster("bench-raft", 3, tuning).await?;
 
     // The record the writes go to: a worker node (no agent runs; only its labels change).
     let leader = lab.wait_leader(CONVERGE_TIMEOUT).await?;
@@ -140,14 +175,19 @@ async fn run(mut args: Args) -> Result<()> {
         throughput.push(result);
     }
 
-    let failover = measure_failover(&mut lab, args.trials, Duration::from_millis(args.failover_call_ms)).await?;
+    let failover = measure_failover(
+        &mut lab,
+        args.trials,
+        Duration::from_millis(args.failover_call_ms),
+    )
+    .await?;
 
     let report = Report {
         benchmark: "bench-raft",
         profile: profile(),
         bin_dir: bin_dir.display().to_string(),
         managers: 3,
-        settings: "fsync on, manager defaults (heartbeat 50 ms, election 150-300 ms, snapshot every 5000 entries)",
+        settings,
         write_op: "Control.UpdateNode labels_add (1 committed entry) on a worker node record, sent to the leader",
         duration_s: args.duration,
         figures: figures(&throughput, &failover, args.duration),
@@ -157,12 +197,16 @@ async fn run(mut args: Args) -> Result<()> {
     print_table(&report);
     let path = match args.json {
         Some(path) => path,
-        None => bin_dir.parent().map(|p| p.join("bench-raft.json")).unwrap_or_else(|| PathBuf::from("bench-raft.json")),
+        None => bin_dir
+            .parent()
+            .map(|p| p.join("bench-raft.json"))
+            .unwrap_or_else(|| PathBuf::from("bench-raft.json")),
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     println!("\nJSON: {}", path.display());
     lab.passed();
     Ok(())
@@ -170,7 +214,13 @@ async fn run(mut args: Args) -> Result<()> {
 
 /// `clients` concurrent writers on `channels` channels to the leader, for a warm-up and then
 /// `duration`; only writes completed inside the measured window count.
-async fn measure_writes(lab: &Lab, leader: usize, clients: usize, channels: usize, duration: Duration) -> Result<Throughput> {
+async fn measure_writes(
+    lab: &Lab,
+    leader: usize,
+    clients: usize,
+    channels: usize,
+    duration: Duration,
+) -> Result<Throughput> {
     let creds = &lab.admin().credentials;
     let mut pool: Vec<Channel> = Vec::new();
     for _ in 0..channels {
@@ -194,10 +244,19 @@ async fn measure_writes(lab: &Lab, leader: usize, clients: usize, channels: usiz
                     break;
                 }
                 n += 1;
-                let result = write_label(&mut control, WRITE_TARGET, &key, &n.to_string(), Duration::from_secs(5)).await;
+                let result = write_label(
+                    &mut control,
+                    WRITE_TARGET,
+                    &key,
+                    &n.to_string(),
+                    Duration::from_secs(5),
+                )
+                .await;
                 let done = Instant::now();
                 match result {
-                    Ok(_) if sent >= window_start && done <= window_end => latencies.push(done - sent),
+                    Ok(_) if sent >= window_start && done <= window_end => {
+                        latencies.push(done - sent)
+                    }
                     Ok(_) => {}
                     Err(status) => {
                         errors += 1;
@@ -241,9 +300,15 @@ async fn measure_failover(lab: &mut Lab, trials: usize, per_call: Duration) -> R
         let mut clients = Vec::new();
         for &s in &survivors {
             let mut c = lab.control(s).await?;
-            write_label(&mut c, WRITE_TARGET, "warm", &trial.to_string(), Duration::from_secs(5))
-                .await
-                .map_err(|st| anyhow!("warm-up write on {}: {}", lab.hostname(s), describe(&st)))?;
+            write_label(
+                &mut c,
+                WRITE_TARGET,
+                "warm",
+                &trial.to_string(),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|st| anyhow!("warm-up write on {}: {}", lab.hostname(s), describe(&st)))?;
             clients.push(c);
         }
         let killed_at = Instant::now();
@@ -277,7 +342,8 @@ async fn measure_failover(lab: &mut Lab, trials: usize, per_call: Duration) -> R
         lab.restart(leader)?;
         let new_leader = lab.wait_leader(CONVERGE_TIMEOUT).await?;
         let applied = lab.info(new_leader).await?.raft_applied_index;
-        lab.wait_applied(leader, applied, Duration::from_secs(60)).await?;
+        lab.wait_applied(leader, applied, Duration::from_secs(60))
+            .await?;
     }
     Ok(Failover {
         trials,
@@ -293,7 +359,10 @@ fn figures(throughput: &[Throughput], failover: &Failover, duration: f64) -> Vec
     let mut figures = Vec::new();
     let runs = |t: &Throughput| format!("1 run of {duration} s, {} channel(s)", t.channels);
     let value = |t: &Throughput| {
-        format!("{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)", t.writes_per_sec, t.latency.p50_ms, t.latency.p99_ms)
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            t.writes_per_sec, t.latency.p50_ms, t.latency.p99_ms
+        )
     };
     for t in throughput.iter().filter(|t| t.clients == 1) {
         figures.push(Figure {
@@ -354,7 +423,10 @@ fn figures(throughput: &[Throughput], failover: &Failover, duration: f64) -> Vec
 }
 
 fn print_table(report: &Report) {
-    println!("\nbench-raft ({} build, 3 managers, {})", report.profile, report.settings);
+    println!(
+        "\nbench-raft ({} build, 3 managers, {})",
+        report.profile, report.settings
+    );
     println!("write: {}", report.write_op);
     let headers = ["figure", "value", "target", "met", "runs"];
     let rows: Vec<[String; 5]> = report
@@ -366,7 +438,13 @@ fn print_table(report: &Report) {
                 Some(false) => "NO",
                 None => "",
             };
-            [f.what.clone(), f.value.clone(), f.target.clone(), met.to_string(), f.runs.clone()]
+            [
+                f.what.clone(),
+                f.value.clone(),
+                f.target.clone(),
+                met.to_string(),
+                f.runs.clone(),
+            ]
         })
         .collect();
     let mut widths = headers.map(str::len);
@@ -389,7 +467,13 @@ fn print_table(report: &Report) {
     }
     for t in &report.throughput {
         if t.errors > 0 {
-            println!("note: {} client(s) on {} channel(s): {} errors, first: {}", t.clients, t.channels, t.errors, t.first_error.as_deref().unwrap_or("-"));
+            println!(
+                "note: {} client(s) on {} channel(s): {} errors, first: {}",
+                t.clients,
+                t.channels,
+                t.errors,
+                t.first_error.as_deref().unwrap_or("-")
+            );
         }
     }
     for e in &report.failover.errors {

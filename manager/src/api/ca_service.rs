@@ -98,6 +98,7 @@ impl Ca for CaService {
             labels: BTreeMap::new(),
             addr: request.advertise_addr.clone(),
             state: if role == NodeRole::Manager { NodeState::Ready } else { NodeState::Unknown },
+            resources: crate::store::NodeResources::default(),
         };
         self.consensus.write(Op::Batch(vec![Change::Create(Object::Node(node))])).await?;
         let manager_addrs = manager_addrs(&self.consensus);

@@ -25,6 +25,16 @@ pub struct ControlService {
 const CONTROL_ROLES: &[Role] = &[Role::Admin, Role::Manager];
 
 impl ControlService {
+    /// Resolves a node reference for a write. The local store is enough when it knows the node
+    /// (the write itself names the id and the state machine checks it exists); otherwise a
+    /// consistent read makes sure the node is not merely missing from a lagging replica.
+    async fn resolve_for_write(&self, reference: &str) -> Result<Node, Status> {
+        if let Ok(node) = self.consensus.state.read().find_node(reference) {
+            return Ok(node.clone());
+        }
+        self.find_node(reference).await
+    }
+
     async fn find_node(&self, reference: &str) -> Result<Node, Status> {
         self.consensus
             .read(|store| store.find_node(reference).cloned())
@@ -171,7 +181,7 @@ impl Control for ControlService {
         for key in request.labels_add.keys().chain(request.labels_remove.iter()) {
             validate_label_key(key)?;
         }
-        let node = self.find_node(&request.reference).await?;
+        let node = self.resolve_for_write(&request.reference).await?;
         let op = Op::UpdateNode {
             id: node.meta.id,
             availability,

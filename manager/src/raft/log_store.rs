@@ -8,13 +8,15 @@
 //! While one transaction commits, the next batch queues up (group commit).
 //!
 //! Memory is updated and the operation queued under the same lock, so disk order = memory order.
-//! If the writer fails it fails every queued operation and exits; later calls return errors.
+//! After a failed write the log is dead: the failed batch and everything queued later complete
+//! with an error, and later calls return errors at once (openraft then stops the node).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -64,6 +66,8 @@ struct Shared {
     mem: Mutex<Mem>,
     /// `None` only while dropping.
     tx: Option<mpsc::Sender<Op>>,
+    /// Set by the writer when a write failed.
+    failed: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -128,11 +132,13 @@ impl LogStore {
         drop(read);
 
         let (tx, rx) = mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let writer_failed = failed.clone();
         let writer = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || run_writer(db, rx))
+            .spawn(move || run_writer(db, rx, &writer_failed))
             .map_err(|source| StorageOpenError::Io { path: path.to_path_buf(), source })?;
-        Ok(LogStore { shared: Arc::new(Shared { mem: Mutex::new(mem), tx: Some(tx), writer: Some(writer) }) })
+        Ok(LogStore { shared: Arc::new(Shared { mem: Mutex::new(mem), tx: Some(tx), failed, writer: Some(writer) }) })
     }
 
     /// Makes the writer's next transaction fail, as a disk error would.
@@ -151,6 +157,9 @@ impl LogStore {
     /// Queues `op` for the writer. Call with the memory lock held, to keep disk order = memory
     /// order.
     fn send(&self, op: Op) -> Result<(), Op> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(op);
+        }
         match &self.shared.tx {
             Some(tx) => tx.send(op).map_err(|mpsc::SendError(op)| op),
             None => Err(op),
@@ -159,7 +168,7 @@ impl LogStore {
 }
 
 fn writer_gone() -> AnyError {
-    AnyError::error("the Raft log writer has stopped after an I/O error")
+    AnyError::error("the Raft log is unusable after a failed write")
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, AnyError> {
@@ -271,8 +280,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// At most this many operations go into one write transaction.
 const MAX_BATCH: usize = 4096;
 
-/// The writer thread: group-commits queued operations until the channel closes or a write fails.
-fn run_writer(db: Database, rx: mpsc::Receiver<Op>) {
+/// The writer thread: group-commits queued operations until the channel closes. After a failed
+/// write it fails every operation until then.
+fn run_writer(db: Database, rx: mpsc::Receiver<Op>, failed: &AtomicBool) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -286,10 +296,13 @@ fn run_writer(db: Database, rx: mpsc::Receiver<Op>) {
             Err(error) => {
                 let message = format!("writing the Raft log failed: {error}");
                 tracing::error!("{message}");
+                // Set before reporting, so that callers who saw the error cannot queue more.
+                failed.store(true, Ordering::SeqCst);
+                drop(db);
                 complete(batch, Some(&message));
-                // Fail what is still queued, then stop: senders see a closed channel from now on.
-                let rest: Vec<Op> = rx.try_iter().collect();
-                complete(rest, Some(&message));
+                for op in rx.iter() {
+                    complete(vec![op], Some(&message));
+                }
                 return;
             }
         }

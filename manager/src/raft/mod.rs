@@ -1,10 +1,10 @@
 //! The Raft layer: openraft 0.9 wired to the typed [`Store`](crate::store::Store).
 //!
-//! - [`log_store`]: the Raft log, vote and committed index in redb (`<data_dir>/raft.redb`), kept
+//! - `log_store`: the Raft log, vote and committed index in redb (`<data_dir>/raft.redb`), kept
 //!   in memory too and made durable by one writer thread that group-commits with fsync.
-//! - [`state_machine`]: the store in memory, snapshots in `<data_dir>/snapshot.bin`, and the
+//! - `state_machine`: the store in memory, snapshots in `<data_dir>/snapshot.bin`, and the
 //!   [`StateHandle`] the API layer reads and watches.
-//! - [`network`]: the client half of the transport (openraft requests as postcard bytes inside
+//! - `network`: the client half of the transport (openraft requests as postcard bytes inside
 //!   `RaftPayload` over tonic, mTLS from `identity`).
 //! - [`transport`]: the server half, plain functions the tonic `Raft` service calls.
 //!
@@ -97,18 +97,23 @@ impl Default for RaftTuning {
 
 impl RaftTuning {
     /// The validated openraft configuration.
+    // `ConfigError` is openraft's; it is returned once, at startup.
+    #[allow(clippy::result_large_err)]
     pub fn config(&self) -> Result<Arc<openraft::Config>, ConfigError> {
-        let mut config = openraft::Config::default();
-        config.cluster_name = "cluster".into();
-        config.heartbeat_interval = self.heartbeat_ms;
-        config.election_timeout_min = self.election_min_ms;
-        config.election_timeout_max = self.election_max_ms;
-        config.install_snapshot_timeout = SNAPSHOT_RPC_TIMEOUT_MS;
-        config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs.max(1));
-        config.max_in_snapshot_log_to_keep = self.max_logs_kept_after_snapshot;
-        // Purging is decided once per snapshot (up to snapshot index - logs kept): a batch of 1
-        // purges whatever is due at once; a purge is a single range delete for the log store.
-        config.purge_batch_size = 1;
+        let config = openraft::Config {
+            cluster_name: "cluster".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            install_snapshot_timeout: SNAPSHOT_RPC_TIMEOUT_MS,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs.max(1)),
+            max_in_snapshot_log_to_keep: self.max_logs_kept_after_snapshot,
+            // Purging is decided once per snapshot (up to its index minus the logs kept): a
+            // batch of 1 purges whatever is due at once; for the log store a purge is one range
+            // delete.
+            purge_batch_size: 1,
+            ..Default::default()
+        };
         Ok(Arc::new(config.validate()?))
     }
 }

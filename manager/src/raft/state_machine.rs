@@ -56,6 +56,8 @@ struct SmData {
 }
 
 /// What watchers of the store receive.
+// Events dominate and Resets are rare: boxing the event would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Watched {
     /// One change, made by the entry at log `index`.
@@ -168,7 +170,7 @@ impl StateMachineStore {
         let (data, snapshot) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let (meta, data) = parse_snapshot_file(&bytes).map_err(corrupt)?;
-                let sm: SmData = postcard::from_bytes(&data).map_err(|e| corrupt(e.to_string()))?;
+                let sm: SmData = postcard::from_bytes(data).map_err(|e| corrupt(e.to_string()))?;
                 if sm.last_applied != meta.last_log_id {
                     return Err(corrupt("data and meta disagree on the last log id".into()));
                 }
@@ -324,10 +326,8 @@ async fn persist(
     snapshot: StoredSnapshot,
 ) -> Result<(), StorageError<NodeId>> {
     let mut current = current.lock().await;
-    if let Some(existing) = current.as_ref() {
-        if existing.meta.last_log_id > snapshot.meta.last_log_id {
-            return Ok(());
-        }
+    if current.as_ref().is_some_and(|existing| existing.meta.last_log_id > snapshot.meta.last_log_id) {
+        return Ok(());
     }
     let signature = snapshot.meta.signature();
     let meta =

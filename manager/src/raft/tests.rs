@@ -56,6 +56,7 @@ fn bootstrap_command(cluster_id: &str) -> Command {
                 labels: BTreeMap::new(),
                 addr: "127.0.0.1:7001".into(),
                 state: crate::store::NodeState::Unknown,
+                resources: crate::store::NodeResources::default(),
             },
         },
     }
@@ -342,4 +343,17 @@ async fn a_failed_write_fails_its_callers_and_stops_the_log() {
     let indexes: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
     assert_eq!(indexes, vec![1]);
     assert_eq!(log.read_vote().await.unwrap(), None);
+}
+
+#[test]
+fn tuning_builds_a_validated_config() {
+    let config = RaftTuning::default().config().unwrap();
+    assert_eq!(config.heartbeat_interval, 50);
+    assert_eq!((config.election_timeout_min, config.election_timeout_max), (150, 300));
+    assert!(matches!(config.snapshot_policy, openraft::SnapshotPolicy::LogsSinceLast(5000)));
+    assert_eq!(config.max_in_snapshot_log_to_keep, 1000);
+    let bad = RaftTuning { heartbeat_ms: 200, election_min_ms: 150, ..RaftTuning::default() };
+    assert!(bad.config().is_err());
+    let bad = RaftTuning { election_min_ms: 300, election_max_ms: 300, ..RaftTuning::default() };
+    assert!(bad.config().is_err());
 }

@@ -9,6 +9,7 @@ fn node(id: &str, hostname: &str) -> Node {
         labels: BTreeMap::new(),
         addr: "10.0.0.1".into(),
         state: NodeState::Unknown,
+        resources: NodeResources::default(),
     }
 }
 

@@ -5,6 +5,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod service;
+mod task;
+
+pub use service::*;
+pub use task::*;
+
 /// Identity and bookkeeping common to every object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
@@ -92,6 +98,17 @@ pub struct Node {
     /// Managers: the host:port their API and Raft listen on. Workers: their underlay address.
     pub addr: String,
     pub state: NodeState,
+    /// What the node offers to tasks, as its agent reports it.
+    #[serde(default)]
+    pub resources: NodeResources,
+}
+
+/// The capacity of a node. 0 means not reported: the scheduler does not check that resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// CPU in billionths of a core.
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
 }
 
 /// Settings of the whole cluster, created once by `init`.
@@ -107,30 +124,6 @@ pub struct ClusterSettings {
     pub manager_token_secret: String,
     /// How long node certificates stay valid.
     pub node_cert_validity_secs: u64,
-}
-
-/// A service: the desired state the orchestrators turn into tasks. Its spec grows with the
-/// agents issue; what is here is what every service has.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
-    pub meta: Meta,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub image: String,
-    pub replicas: Option<u64>,
-}
-
-/// One-shot unit of work placed on a node. Its observed state only moves forward.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Task {
-    pub meta: Meta,
-    pub service_id: String,
-    pub slot: u64,
-    pub node_id: Option<String>,
-    pub desired_state: String,
-    pub state: String,
-    pub message: String,
-    pub error: String,
 }
 
 /// An overlay network.

@@ -51,6 +51,7 @@ impl Conn {
         nodes.rafts.get(&self.target).cloned().ok_or_else(|| format!("node {} is down", self.target))
     }
 
+    #[allow(clippy::result_large_err)]
     fn decode<Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
         &self,
         reply: Result<Vec<u8>, tonic::Status>,

@@ -1,0 +1,242 @@
+//! A service and its spec: what the user asked for, which the orchestrators turn into tasks.
+//! Amounts of 0 mean "not set" throughout (no reservation, no limit, unlimited).
+
+use super::Meta;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A service: its name and labels (unique name, used by the API) and the spec the orchestrators
+/// realise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub meta: Meta,
+    pub name: String,
+    /// Labels of the service itself (the container labels are `spec.labels`).
+    pub labels: BTreeMap<String, String>,
+    pub spec: ServiceSpec,
+    /// The spec before the last update, for `service rollback`.
+    pub previous_spec: Option<Box<ServiceSpec>>,
+    /// Jobs only: bumped to run the job again; tasks of older iterations are shut down.
+    pub job_iteration: u64,
+}
+
+/// Everything needed to run the tasks of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceSpec {
+    /// Image reference, pinned to a digest at service create (`name@sha256:...`).
+    pub image: String,
+    /// Overrides the image's ENTRYPOINT when not empty.
+    pub entrypoint: Vec<String>,
+    /// Overrides the image's CMD when not empty (docker's `service create IMAGE COMMAND ARGS`).
+    pub command: Vec<String>,
+    /// `KEY=VALUE` entries, in order.
+    pub env: Vec<String>,
+    /// Container labels.
+    pub labels: BTreeMap<String, String>,
+    pub hostname: String,
+    pub user: String,
+    pub workdir: String,
+    pub mounts: Vec<Mount>,
+    pub resources: Resources,
+    pub restart: RestartPolicy,
+    pub placement: Placement,
+    pub mode: ServiceMode,
+    pub endpoint: EndpointSpec,
+    pub stop_grace_period_ms: u64,
+    /// How many finished tasks are kept per slot (replicated) or node (global).
+    pub task_history_limit: u64,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            image: String::new(),
+            entrypoint: Vec::new(),
+            command: Vec::new(),
+            env: Vec::new(),
+            labels: BTreeMap::new(),
+            hostname: String::new(),
+            user: String::new(),
+            workdir: String::new(),
+            mounts: Vec::new(),
+            resources: Resources::default(),
+            restart: RestartPolicy::default(),
+            placement: Placement::default(),
+            mode: ServiceMode::default(),
+            endpoint: EndpointSpec::default(),
+            stop_grace_period_ms: 10_000,
+            task_history_limit: 5,
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// Whether the tasks run to completion (jobs) rather than forever.
+    pub fn is_job(&self) -> bool {
+        matches!(self.mode, ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob)
+    }
+
+    /// The desired state of a task that should be executing: COMPLETE for jobs, else RUNNING.
+    pub fn run_state(&self) -> super::TaskState {
+        if self.is_job() { super::TaskState::Complete } else { super::TaskState::Running }
+    }
+
+    /// The host-mode published ports `(port, protocol)`; ingress ports hold no host port.
+    pub fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+        self.endpoint
+            .ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Host && p.published != 0)
+            .map(|p| (p.published, p.protocol))
+    }
+}
+
+/// How many tasks a service runs, and whether they run forever or to completion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceMode {
+    /// `replicas` tasks in slots 1..=replicas.
+    Replicated { replicas: u64 },
+    /// One task on every eligible node.
+    Global,
+    /// Runs until `total_completions` tasks completed, at most `max_concurrent` at a time
+    /// (0: as many as `total_completions`).
+    ReplicatedJob { max_concurrent: u64, total_completions: u64 },
+    /// One task to completion on every eligible node.
+    GlobalJob,
+}
+
+impl Default for ServiceMode {
+    fn default() -> Self {
+        ServiceMode::Replicated { replicas: 1 }
+    }
+}
+
+/// A filesystem mounted into the container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// Host path (bind), volume name (volume); empty for tmpfs.
+    pub source: String,
+    pub target: String,
+    pub readonly: bool,
+    /// tmpfs only; 0: unlimited.
+    pub tmpfs_size_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    Bind,
+    #[default]
+    Volume,
+    Tmpfs,
+}
+
+/// Reservations (what the scheduler sets aside on a node) and limits (what the runtime enforces).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub reservations: ResourceAmounts,
+    pub limits: ResourceAmounts,
+}
+
+/// Amounts of resources; 0 means none (no reservation, no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceAmounts {
+    /// CPU in billionths of a core.
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    /// Limits only: the maximum number of processes.
+    pub pids: u64,
+}
+
+/// When a task that ended is replaced in its slot (or on its node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// Time between the end of a task and the start of its replacement.
+    pub delay_ms: u64,
+    /// Restarts allowed within `window_ms` (0: unlimited).
+    pub max_attempts: u64,
+    /// The window in which `max_attempts` are counted (0: the whole life of the slot).
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { condition: RestartCondition::Any, delay_ms: 5_000, max_attempts: 0, window_ms: 0 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartCondition {
+    None,
+    /// Any end but a successful completion (exit code 0).
+    OnFailure,
+    #[default]
+    Any,
+}
+
+/// Where tasks may go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// `node.labels.zone==a`, `node.role!=manager`, ... (see `scheduler::parse_constraint`).
+    pub constraints: Vec<String>,
+    /// `spread=node.labels.zone`, outermost first (see `scheduler::parse_preference`).
+    pub preferences: Vec<String>,
+    /// 0: unlimited.
+    pub max_replicas_per_node: u64,
+}
+
+/// How the service is reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    pub mode: EndpointMode,
+    pub ports: Vec<PortConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointMode {
+    /// A virtual IP balanced across the tasks.
+    #[default]
+    Vip,
+    /// DNS round robin over the task addresses.
+    Dnsrr,
+}
+
+/// A published port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    /// The port inside the container.
+    pub target: u16,
+    /// The port on the hosts; 0: none (ingress: one is chosen; host: a dynamic port).
+    pub published: u16,
+    pub protocol: Protocol,
+    pub mode: PublishMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishMode {
+    /// Every node accepts and balances across all tasks.
+    #[default]
+    Ingress,
+    /// Only the node a task runs on, which holds the host port.
+    Host,
+}
