@@ -6,6 +6,7 @@
 
 use crate::api::{ca_service::CaService, control_service::ControlService, raft_service::RaftService};
 use crate::consensus::{Consensus, MAX_MESSAGE};
+use crate::failover::{self, FailoverTiming};
 use crate::raft::{self, Raft, RaftTuning};
 use crate::store::{Availability, ClusterSettings, Meta, Node, NodeRole, NodeState, Op, node_id_string};
 use anyhow::{Context, Result, anyhow, bail};
@@ -96,13 +97,14 @@ pub struct RunningManager {
     pub consensus: Consensus,
     pub config: ManagerConfig,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    failover: JoinHandle<()>,
     stop: oneshot::Sender<()>,
 }
 
 impl RunningManager {
     /// Serves until the server fails or `shutdown_signal` resolves.
     pub async fn serve_until(self, shutdown_signal: impl std::future::Future<Output = ()>) -> Result<()> {
-        let RunningManager { consensus, server, stop, .. } = self;
+        let RunningManager { consensus, server, failover, stop, .. } = self;
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => {
@@ -113,6 +115,7 @@ impl RunningManager {
                 let _ = server.await;
             }
         }
+        failover.abort();
         consensus.raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
         Ok(())
     }
@@ -331,8 +334,14 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     }));
+    let timing = FailoverTiming {
+        probe_every: Duration::from_millis(options.tuning.heartbeat_ms.max(10)),
+        lease: Duration::from_millis(options.tuning.election_max_ms),
+        stagger: Duration::from_millis(options.tuning.heartbeat_ms.max(25)),
+    };
+    let failover = tokio::spawn(failover::watch_leader(consensus.clone(), timing));
     tracing::info!(node = %node_id_string(config.node_id), listen = %config.listen_addr, "manager serving");
-    Ok(RunningManager { consensus, config, server, stop })
+    Ok(RunningManager { consensus, config, server, failover, stop })
 }
 
 fn refuse_existing(data_dir: &Path) -> Result<()> {

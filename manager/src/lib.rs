@@ -4,6 +4,7 @@
 pub mod api;
 pub mod consensus;
 pub mod daemon;
+pub mod failover;
 pub mod membership;
 pub mod orchestrator;
 pub mod raft;

@@ -65,10 +65,10 @@ struct CommonArgs {
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// Raft election timeout, lower bound.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 100)]
     election_min_ms: u64,
     /// Raft election timeout, upper bound.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     election_max_ms: u64,
     /// Take a snapshot (and compact the log) every this many entries.
     #[arg(long, default_value_t = 5000)]

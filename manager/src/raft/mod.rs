@@ -87,8 +87,8 @@ impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
             heartbeat_ms: 50,
-            election_min_ms: 150,
-            election_max_ms: 300,
+            election_min_ms: 100,
+            election_max_ms: 200,
             snapshot_logs: 5000,
             max_logs_kept_after_snapshot: 1000,
         }
