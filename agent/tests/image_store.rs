@@ -39,10 +39,21 @@ async fn pull_unpack_pin_then_warm_offline() {
     let layer = &img.layer_dirs[0];
     assert!(layer.starts_with(root.path().join("layers")));
     let bb = layer.join("bin/busybox");
-    assert_eq!(std::fs::read(&bb).unwrap(), std::fs::read(support::BUSYBOX).unwrap());
-    assert_eq!(std::fs::metadata(&bb).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::read(&bb).unwrap(),
+        std::fs::read(support::BUSYBOX).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(&bb).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
     for a in support::APPLETS {
-        assert_eq!(std::fs::read_link(layer.join("bin").join(a)).unwrap().to_str(), Some("busybox"));
+        assert_eq!(
+            std::fs::read_link(layer.join("bin").join(a))
+                .unwrap()
+                .to_str(),
+            Some("busybox")
+        );
     }
     // Nothing left behind in tmp/, the layer blob is gone (the directory is the cache).
     assert!(support::tree(&root.path().join("tmp")).is_empty());
@@ -63,7 +74,10 @@ async fn pull_unpack_pin_then_warm_offline() {
     let err = store.ensure_image(&tag).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ImageError::Registry { .. }), "{err:?}");
-    assert!(msg.contains(&tag) && msg.contains("connection refused"), "{msg}");
+    assert!(
+        msg.contains(&tag) && msg.contains("connection refused"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -76,13 +90,24 @@ async fn missing_image_and_refused_connection_are_clear_errors() {
     let root = tempfile::tempdir().unwrap();
     let store = support::store(root.path(), &reg.addr);
 
-    for missing in [format!("{}/test/nope:latest", reg.addr), format!("{}/test/present:nope", reg.addr)] {
+    for missing in [
+        format!("{}/test/nope:latest", reg.addr),
+        format!("{}/test/present:nope", reg.addr),
+    ] {
         let err = store.ensure_image(&missing).await.unwrap_err();
         let msg = err.to_string();
         eprintln!("missing: {msg}");
         assert!(msg.contains(&missing), "{msg}");
-        assert!(msg.contains("not found") && (msg.contains("MANIFEST_UNKNOWN") || msg.contains("NAME_UNKNOWN")), "{msg}");
-        let err = store.resolve_digest(&missing).await.unwrap_err().to_string();
+        assert!(
+            msg.contains("not found")
+                && (msg.contains("MANIFEST_UNKNOWN") || msg.contains("NAME_UNKNOWN")),
+            "{msg}"
+        );
+        let err = store
+            .resolve_digest(&missing)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&missing) && err.contains("not found"), "{err}");
     }
 
@@ -91,14 +116,24 @@ async fn missing_image_and_refused_connection_are_clear_errors() {
     let image = format!("{closed}/test/busybox:1");
     let msg = store.ensure_image(&image).await.unwrap_err().to_string();
     eprintln!("refused: {msg}");
-    assert!(msg.contains(&image) && msg.contains("connection refused"), "{msg}");
+    assert!(
+        msg.contains(&image) && msg.contains("connection refused"),
+        "{msg}"
+    );
 
     // Not listed as insecure: https is used against a plain http registry and the error says so.
     let strict = RegistryClient::new(RegistryConfig::default()).unwrap();
     let image = format!("{}/test/present:1", reg.addr);
-    let msg = strict.resolve_digest(&image.parse().unwrap()).await.unwrap_err().to_string();
+    let msg = strict
+        .resolve_digest(&image.parse().unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
     eprintln!("https to http: {msg}");
-    assert!(msg.contains(&image) && msg.contains("insecure_registries"), "{msg}");
+    assert!(
+        msg.contains(&image) && msg.contains("insecure_registries"),
+        "{msg}"
+    );
 
     let msg = store.ensure_image("Bad:Ref").await.unwrap_err().to_string();
     assert!(msg.contains("invalid image reference"), "{msg}");
@@ -110,10 +145,20 @@ async fn corrupted_blob_is_refused_and_discarded() {
         return;
     }
     let reg = Registry::start();
-    let layer = Layer::gz(support::tar(&[E::File("hello", b"hello world", 0o644)]), false);
+    let layer = Layer::gz(
+        support::tar(&[E::File("hello", b"hello world", 0o644)]),
+        false,
+    );
     let config = support::config_json(std::slice::from_ref(&layer.diff_id), &[], &["/hello"], &[]);
     let layer_digest = support::sha256(&layer.blob);
-    let digest = support::push_image(&reg.addr, "test/corrupt:1", std::slice::from_ref(&layer), &config, false).await;
+    let digest = support::push_image(
+        &reg.addr,
+        "test/corrupt:1",
+        std::slice::from_ref(&layer),
+        &config,
+        false,
+    )
+    .await;
 
     // Flip bytes of the stored layer, keeping its length.
     let data = reg.blob_data_path(&layer_digest);
@@ -134,7 +179,10 @@ async fn corrupted_blob_is_refused_and_discarded() {
     }
     assert!(err.to_string().contains("test/corrupt"), "{err}");
     let hex = layer_digest.strip_prefix("sha256:").unwrap();
-    assert!(!root.path().join("blobs/sha256").join(hex).exists(), "corrupt blob was kept");
+    assert!(
+        !root.path().join("blobs/sha256").join(hex).exists(),
+        "corrupt blob was kept"
+    );
     assert!(support::tree(&root.path().join("layers")).is_empty());
     assert!(support::tree(&root.path().join("tmp")).is_empty());
 }
@@ -147,8 +195,20 @@ async fn index_picks_linux_amd64_and_gc_removes_unused() {
     let reg = Registry::start();
     let bb = support::push_busybox(&reg.addr, "test/multi:amd64").await;
     let other = Layer::plain(support::tar(&[E::File("arm-only", b"arm", 0o644)]), true);
-    let other_cfg = support::config_json(std::slice::from_ref(&other.diff_id), &[], &["/arm-only"], &[]);
-    let arm = support::push_image(&reg.addr, "test/multi:arm64", std::slice::from_ref(&other), &other_cfg, true).await;
+    let other_cfg = support::config_json(
+        std::slice::from_ref(&other.diff_id),
+        &[],
+        &["/arm-only"],
+        &[],
+    );
+    let arm = support::push_image(
+        &reg.addr,
+        "test/multi:arm64",
+        std::slice::from_ref(&other),
+        &other_cfg,
+        true,
+    )
+    .await;
     let arm_size = support::manifest_size(&reg.addr, "test/multi", &arm).await;
     let bb_size = support::manifest_size(&reg.addr, "test/multi", &bb).await;
     let index = serde_json::to_vec(&serde_json::json!({
@@ -162,21 +222,32 @@ async fn index_picks_linux_amd64_and_gc_removes_unused() {
         ],
     }))
     .unwrap();
-    let index_digest =
-        support::push_manifest(&reg.addr, "test/multi:latest", &index, "application/vnd.oci.image.index.v1+json").await;
+    let index_digest = support::push_manifest(
+        &reg.addr,
+        "test/multi:latest",
+        &index,
+        "application/vnd.oci.image.index.v1+json",
+    )
+    .await;
 
     let root = tempfile::tempdir().unwrap();
     let store = support::store(root.path(), &reg.addr);
     let tag = format!("{}/test/multi", reg.addr);
     assert_eq!(store.resolve_digest(&tag).await.unwrap(), index_digest);
     let img = store.ensure_image(&tag).await.unwrap();
-    assert_eq!((img.digest.as_str(), img.manifest_digest.as_str()), (index_digest.as_str(), bb.as_str()));
+    assert_eq!(
+        (img.digest.as_str(), img.manifest_digest.as_str()),
+        (index_digest.as_str(), bb.as_str())
+    );
     assert!(img.layer_dirs[0].join("bin/busybox").exists());
     let arm_img = store.ensure_image(&format!("{tag}:arm64")).await.unwrap();
     assert!(arm_img.layer_dirs[0].join("arm-only").exists());
 
     // Keep the multi-arch image (by pinned reference): the arm64 image's layer and blobs go.
-    let stats = store.gc(std::slice::from_ref(&img.reference)).await.unwrap();
+    let stats = store
+        .gc(std::slice::from_ref(&img.reference))
+        .await
+        .unwrap();
     eprintln!("gc: {stats:?}");
     assert_eq!((stats.images_removed, stats.layers_removed), (1, 1));
     assert!(stats.blobs_removed >= 1);
@@ -189,7 +260,10 @@ async fn index_picks_linux_amd64_and_gc_removes_unused() {
     let stats = store.gc(&[]).await.unwrap();
     assert_eq!(stats.layers_removed, 1);
     for sub in ["blobs/sha256", "layers", "images", "tmp"] {
-        assert!(support::tree(&root.path().join(sub)).is_empty(), "{sub} not empty");
+        assert!(
+            support::tree(&root.path().join(sub)).is_empty(),
+            "{sub} not empty"
+        );
     }
 }
 
@@ -216,7 +290,16 @@ async fn concurrent_pulls_of_one_image_agree() {
     }
     assert!(images.windows(2).all(|w| w[0] == w[1]));
     let bb = images[0].layer_dirs[0].join("bin/busybox");
-    assert_eq!(std::fs::read(bb).unwrap(), std::fs::read(support::BUSYBOX).unwrap());
-    assert_eq!(support::tree(&root.path().join("layers")).iter().filter(|p| !p.contains('/')).count(), 1);
+    assert_eq!(
+        std::fs::read(bb).unwrap(),
+        std::fs::read(support::BUSYBOX).unwrap()
+    );
+    assert_eq!(
+        support::tree(&root.path().join("layers"))
+            .iter()
+            .filter(|p| !p.contains('/'))
+            .count(),
+        1
+    );
     assert!(support::tree(&root.path().join("tmp")).is_empty());
 }

@@ -23,7 +23,10 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Unpacks the layer blob at `blob` into the empty directory `dest` and returns the layer's
 /// diff_id (sha256 of the uncompressed tar). `label` names the layer in errors.
 pub fn unpack_layer(blob: &Path, dest: &Path, label: &str) -> Result<String> {
-    let err = |reason: String| ImageError::Layer { digest: label.to_string(), reason };
+    let err = |reason: String| ImageError::Layer {
+        digest: label.to_string(),
+        reason,
+    };
     let file = fs::File::open(blob).map_err(io_err("opening", blob))?;
     let mut buf = BufReader::with_capacity(256 * 1024, file);
     let magic = buf.fill_buf().map_err(io_err("reading", blob))?;
@@ -34,18 +37,28 @@ pub fn unpack_layer(blob: &Path, dest: &Path, label: &str) -> Result<String> {
     } else {
         Box::new(buf)
     };
-    let mut hashing = HashingReader { inner: reader, hasher: Sha256::new() };
+    let mut hashing = HashingReader {
+        inner: reader,
+        hasher: Sha256::new(),
+    };
     let root = geteuid_is_root();
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashing);
-        let entries = archive.entries().map_err(|e| err(format!("reading tar: {e}")))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| err(format!("reading tar: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| err(format!("reading tar: {e}")))?;
             unpack_entry(&mut entry, dest, root, &mut dirs).map_err(|e| match e {
-                ImageError::Io { context, path, source } => {
-                    err(format!("{context} {}: {source}", path.strip_prefix(dest).unwrap_or(&path).display()))
-                }
+                ImageError::Io {
+                    context,
+                    path,
+                    source,
+                } => err(format!(
+                    "{context} {}: {source}",
+                    path.strip_prefix(dest).unwrap_or(&path).display()
+                )),
                 ImageError::Layer { reason, .. } => err(reason),
                 other => other,
             })?;
@@ -55,7 +68,8 @@ pub fn unpack_layer(blob: &Path, dest: &Path, label: &str) -> Result<String> {
     // Directory modes and times last: children changed the times, and a read-only mode would
     // have stopped non-root writes.
     for (path, mode, mtime) in dirs.iter().rev() {
-        fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(io_err("chmod", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+            .map_err(io_err("chmod", path))?;
         set_mtime(path, *mtime);
     }
     Ok(format!("sha256:{}", hex::encode(hashing.hasher.finalize())))
@@ -67,10 +81,18 @@ fn unpack_entry<R: Read>(
     root: bool,
     dirs: &mut Vec<(PathBuf, u32, u64)>,
 ) -> Result<()> {
-    let raw = entry.path().map_err(io_err("reading path of", dest))?.into_owned();
+    let raw = entry
+        .path()
+        .map_err(io_err("reading path of", dest))?
+        .into_owned();
     let label = raw.display().to_string();
-    let refuse = |reason: &str| ImageError::Layer { digest: String::new(), reason: format!("entry {label:?}: {reason}") };
-    let Some(rel) = clean(&raw) else { return Err(refuse("path escapes the layer (contains ..)")) };
+    let refuse = |reason: &str| ImageError::Layer {
+        digest: String::new(),
+        reason: format!("entry {label:?}: {reason}"),
+    };
+    let Some(rel) = clean(&raw) else {
+        return Err(refuse("path escapes the layer (contains ..)"));
+    };
     let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Ok(()); // the layer root itself
     };
@@ -78,7 +100,8 @@ fn unpack_entry<R: Read>(
     let target = parent.join(rel.file_name().unwrap_or_default());
 
     if name == OPAQUE_MARKER {
-        return set_xattr(&parent, "trusted.overlay.opaque", b"y").map_err(io_err("marking opaque", parent.clone()));
+        return set_xattr(&parent, "trusted.overlay.opaque", b"y")
+            .map_err(io_err("marking opaque", parent.clone()));
     }
     if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
         if hidden.starts_with(WHITEOUT_PREFIX) || hidden.is_empty() {
@@ -114,12 +137,22 @@ fn unpack_entry<R: Read>(
             io::copy(entry, &mut f).map_err(io_err("writing", target.clone()))?;
         }
         tar::EntryType::Symlink => {
-            let link = entry.link_name().ok().flatten().ok_or_else(|| refuse("symlink without target"))?;
-            std::os::unix::fs::symlink(&link, &target).map_err(io_err("creating symlink", target.clone()))?;
+            let link = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .ok_or_else(|| refuse("symlink without target"))?;
+            std::os::unix::fs::symlink(&link, &target)
+                .map_err(io_err("creating symlink", target.clone()))?;
         }
         tar::EntryType::Link => {
-            let link = entry.link_name().ok().flatten().ok_or_else(|| refuse("hard link without target"))?;
-            let src_rel = clean(&link).ok_or_else(|| refuse("hard link target escapes the layer"))?;
+            let link = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .ok_or_else(|| refuse("hard link without target"))?;
+            let src_rel =
+                clean(&link).ok_or_else(|| refuse("hard link target escapes the layer"))?;
             let src_parent = ensure_existing_dirs(dest, src_rel.parent().unwrap_or(Path::new("")))
                 .ok_or_else(|| refuse("hard link target is not inside the layer"))?;
             let src = src_parent.join(src_rel.file_name().unwrap_or_default());
@@ -145,22 +178,23 @@ fn unpack_entry<R: Read>(
         }
     }
     if root {
-        std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32)).map_err(io_err("chown", target.clone()))?;
+        std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32))
+            .map_err(io_err("chown", target.clone()))?;
     }
     if let Ok(Some(exts)) = entry.pax_extensions() {
         for ext in exts.flatten() {
-            if let (Ok(key), value) = (ext.key(), ext.value_bytes()) {
-                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
-                    if let Err(e) = set_xattr(&target, attr, value) {
-                        tracing::debug!(entry = %label, attr, error = %e, "cannot set xattr");
-                    }
-                }
+            if let (Ok(key), value) = (ext.key(), ext.value_bytes())
+                && let Some(attr) = key.strip_prefix("SCHILY.xattr.")
+                && let Err(e) = set_xattr(&target, attr, value)
+            {
+                tracing::debug!(entry = %label, attr, error = %e, "cannot set xattr");
             }
         }
     }
     if !is_dir && kind != tar::EntryType::Symlink {
         // After chown, which clears setuid bits.
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", target.clone()))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+            .map_err(io_err("chmod", target.clone()))?;
     }
     if !is_dir {
         set_mtime(&target, mtime);
@@ -191,7 +225,10 @@ fn ensure_parents(dest: &Path, rel_parent: &Path) -> Result<PathBuf> {
             Ok(_) => {
                 return Err(ImageError::Layer {
                     digest: String::new(),
-                    reason: format!("{} is not a directory (refusing to write through a symlink)", rel_parent.display()),
+                    reason: format!(
+                        "{} is not a directory (refusing to write through a symlink)",
+                        rel_parent.display()
+                    ),
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -233,15 +270,33 @@ fn dev_of(h: &tar::Header) -> u64 {
 
 fn set_mtime(path: &Path, mtime: u64) {
     let t = TimeSpec::new(mtime.min(i64::MAX as u64) as i64, 0);
-    let _ = utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink);
+    let _ = utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    );
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let p = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let n = CString::new(name).map_err(io::Error::other)?;
     // SAFETY: both strings are NUL-terminated and live for the call; value is a valid slice.
-    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn geteuid_is_root() -> bool {

@@ -9,8 +9,10 @@ use super::{ImageError, Result, digest_hex};
 /// Largest manifest or config we read into memory.
 pub(crate) const MAX_JSON_BLOB: u64 = 32 * 1024 * 1024;
 
-const INDEX_TYPES: &[&str] =
-    &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const INDEX_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
 const LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -20,7 +22,10 @@ const LAYER_TYPES: &[&str] = &[
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 ];
-const CONFIG_TYPES: &[&str] = &["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
+const CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
 
 /// A content descriptor (digest checked to be sha256).
 #[derive(Clone, Debug, Deserialize)]
@@ -61,12 +66,19 @@ struct RawManifest {
 /// A parsed top-level document.
 pub(crate) enum Parsed {
     Index(Vec<Descriptor>),
-    Manifest { config: Descriptor, layers: Vec<Descriptor> },
+    Manifest {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    },
 }
 
 /// Parses a manifest or an index, checking digests and media types.
 pub(crate) fn parse_manifest(image: &str, bytes: &[u8]) -> Result<Parsed> {
-    let invalid = |reason: String| ImageError::Invalid { image: image.to_string(), what: "manifest", reason };
+    let invalid = |reason: String| ImageError::Invalid {
+        image: image.to_string(),
+        what: "manifest",
+        reason,
+    };
     let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     if raw.schema_version == Some(1) {
         return Err(ImageError::Unsupported {
@@ -74,7 +86,11 @@ pub(crate) fn parse_manifest(image: &str, bytes: &[u8]) -> Result<Parsed> {
             reason: "Docker schema 1 manifests are not supported; push the image again with a current client".into(),
         });
     }
-    let is_index = raw.manifests.is_some() || raw.media_type.as_deref().is_some_and(|m| INDEX_TYPES.contains(&m));
+    let is_index = raw.manifests.is_some()
+        || raw
+            .media_type
+            .as_deref()
+            .is_some_and(|m| INDEX_TYPES.contains(&m));
     if is_index {
         let entries = raw.manifests.unwrap_or_default();
         for e in &entries {
@@ -83,13 +99,18 @@ pub(crate) fn parse_manifest(image: &str, bytes: &[u8]) -> Result<Parsed> {
         return Ok(Parsed::Index(entries));
     }
     let (Some(config), Some(layers)) = (raw.config, raw.layers) else {
-        return Err(invalid("neither an image manifest nor an index (no config/layers)".into()));
+        return Err(invalid(
+            "neither an image manifest nor an index (no config/layers)".into(),
+        ));
     };
     check_digest(&config.digest).map_err(invalid)?;
     if !config.media_type.is_empty() && !CONFIG_TYPES.contains(&config.media_type.as_str()) {
         return Err(ImageError::Unsupported {
             image: image.to_string(),
-            reason: format!("not a container image (config media type {})", config.media_type),
+            reason: format!(
+                "not a container image (config media type {})",
+                config.media_type
+            ),
         });
     }
     for l in &layers {
@@ -100,7 +121,10 @@ pub(crate) fn parse_manifest(image: &str, bytes: &[u8]) -> Result<Parsed> {
         if !l.media_type.is_empty() && !LAYER_TYPES.contains(&l.media_type.as_str()) {
             return Err(ImageError::Unsupported {
                 image: image.to_string(),
-                reason: format!("layer {} has unsupported media type {}", l.digest, l.media_type),
+                reason: format!(
+                    "layer {} has unsupported media type {}",
+                    l.digest, l.media_type
+                ),
             });
         }
     }
@@ -112,15 +136,26 @@ pub(crate) fn pick_platform<'a>(image: &str, entries: &'a [Descriptor]) -> Resul
     let arch = host_arch();
     entries
         .iter()
-        .find(|e| e.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
+        .find(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
         .ok_or_else(|| {
             let found: Vec<String> = entries
                 .iter()
-                .filter_map(|e| e.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+                .filter_map(|e| {
+                    e.platform
+                        .as_ref()
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                })
                 .collect();
             ImageError::Unsupported {
                 image: image.to_string(),
-                reason: format!("no linux/{arch} image in the index (has: {})", found.join(", ")),
+                reason: format!(
+                    "no linux/{arch} image in the index (has: {})",
+                    found.join(", ")
+                ),
             }
         })
 }
@@ -137,7 +172,9 @@ pub fn host_arch() -> &'static str {
 }
 
 fn check_digest(d: &str) -> std::result::Result<(), String> {
-    digest_hex(d).map(|_| ()).ok_or_else(|| format!("unsupported or malformed digest {d:?}"))
+    digest_hex(d)
+        .map(|_| ())
+        .ok_or_else(|| format!("unsupported or malformed digest {d:?}"))
 }
 
 /// What a container needs from the image config.
@@ -191,7 +228,11 @@ struct RawRootfs {
 
 /// Parses an image config into the run settings and the layers' diff_ids.
 pub(crate) fn parse_config(image: &str, bytes: &[u8]) -> Result<(ImageConfig, Vec<String>)> {
-    let invalid = |reason: String| ImageError::Invalid { image: image.to_string(), what: "config", reason };
+    let invalid = |reason: String| ImageError::Invalid {
+        image: image.to_string(),
+        what: "config",
+        reason,
+    };
     let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let diff_ids = raw.rootfs.map(|r| r.diff_ids).unwrap_or_default();
     for d in &diff_ids {
@@ -215,9 +256,9 @@ pub(crate) fn parse_config(image: &str, bytes: &[u8]) -> Result<(ImageConfig, Ve
 pub(crate) fn referenced(bytes: &[u8]) -> Vec<String> {
     match parse_manifest("", bytes) {
         Ok(Parsed::Index(entries)) => entries.into_iter().map(|e| e.digest).collect(),
-        Ok(Parsed::Manifest { config, layers }) => {
-            std::iter::once(config.digest).chain(layers.into_iter().map(|l| l.digest)).collect()
-        }
+        Ok(Parsed::Manifest { config, layers }) => std::iter::once(config.digest)
+            .chain(layers.into_iter().map(|l| l.digest))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -12,11 +12,11 @@ pub mod registry;
 pub mod rootfs;
 pub mod store;
 
+pub use layer::unpack_layer;
+pub use manifest::{ImageConfig, host_arch};
 pub use reference::ImageRef;
 pub use registry::{RegistryClient, RegistryConfig};
 pub use rootfs::{Rootfs, mount_rootfs};
-pub use layer::unpack_layer;
-pub use manifest::{ImageConfig, host_arch};
 pub use store::{GcStats, Image, ImageStore};
 
 use std::path::PathBuf;
@@ -29,22 +29,40 @@ pub enum ImageError {
     InvalidReference { reference: String, reason: String },
     /// The registry answered with an error or could not be reached.
     #[error("image {image}: registry {registry}: {reason}")]
-    Registry { image: String, registry: String, reason: String },
+    Registry {
+        image: String,
+        registry: String,
+        reason: String,
+    },
     /// Downloaded content does not match its digest; it has been discarded.
-    #[error("image {image}: content of {expected} does not match its digest (got {actual}); discarded")]
-    DigestMismatch { image: String, expected: String, actual: String },
+    #[error(
+        "image {image}: content of {expected} does not match its digest (got {actual}); discarded"
+    )]
+    DigestMismatch {
+        image: String,
+        expected: String,
+        actual: String,
+    },
     /// The image uses a format or platform this agent does not handle.
     #[error("image {image}: {reason}")]
     Unsupported { image: String, reason: String },
     /// A manifest or config is malformed.
     #[error("image {image}: invalid {what}: {reason}")]
-    Invalid { image: String, what: &'static str, reason: String },
+    Invalid {
+        image: String,
+        what: &'static str,
+        reason: String,
+    },
     /// A layer could not be unpacked.
     #[error("layer {digest}: {reason}")]
     Layer { digest: String, reason: String },
     /// A local file operation failed.
     #[error("{context} {}: {source}", path.display())]
-    Io { context: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Mounting or unmounting a root filesystem failed.
     #[error("rootfs {}: {reason}", path.display())]
     Mount { path: PathBuf, reason: String },
@@ -53,13 +71,24 @@ pub enum ImageError {
 /// Result with [`ImageError`].
 pub type Result<T> = std::result::Result<T, ImageError>;
 
-pub(crate) fn io_err(context: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ImageError {
+pub(crate) fn io_err(
+    context: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> ImageError {
     let path = path.into();
-    move |source| ImageError::Io { context, path, source }
+    move |source| ImageError::Io {
+        context,
+        path,
+        source,
+    }
 }
 
 /// Checks that `digest` is `sha256:<64 lowercase hex>` and returns the hex part.
 pub fn digest_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(hex)
 }

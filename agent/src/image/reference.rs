@@ -25,7 +25,10 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses a reference string.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |reason: &str| ImageError::InvalidReference { reference: s.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| ImageError::InvalidReference {
+            reference: s.to_string(),
+            reason: reason.to_string(),
+        };
         if s.is_empty() {
             return Err(bad("empty reference"));
         }
@@ -38,7 +41,9 @@ impl ImageRef {
                     return Err(bad("only sha256 digests are supported"));
                 }
                 if digest_hex(d).is_none() {
-                    return Err(bad("digest must be sha256: followed by 64 lowercase hex digits"));
+                    return Err(bad(
+                        "digest must be sha256: followed by 64 lowercase hex digits",
+                    ));
                 }
                 (n, Some(d.to_string()))
             }
@@ -46,13 +51,18 @@ impl ImageRef {
         };
         let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
         let (name, tag) = match name_tag[last_slash..].find(':') {
-            Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+            Some(i) => (
+                &name_tag[..last_slash + i],
+                Some(&name_tag[last_slash + i + 1..]),
+            ),
             None => (name_tag, None),
         };
-        if let Some(t) = tag {
-            if !valid_tag(t) {
-                return Err(bad("tag must be 1-128 characters of [A-Za-z0-9_.-], not starting with . or -"));
-            }
+        if let Some(t) = tag
+            && !valid_tag(t)
+        {
+            return Err(bad(
+                "tag must be 1-128 characters of [A-Za-z0-9_.-], not starting with . or -",
+            ));
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
@@ -63,7 +73,11 @@ impl ImageRef {
             }
             _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
         };
-        let registry = if registry == "index.docker.io" { DEFAULT_REGISTRY.to_string() } else { registry };
+        let registry = if registry == "index.docker.io" {
+            DEFAULT_REGISTRY.to_string()
+        } else {
+            registry
+        };
         let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -79,22 +93,37 @@ impl ImageRef {
             (None, None) => Some("latest".to_string()),
             (None, Some(_)) => None,
         };
-        Ok(ImageRef { registry, repository, tag, digest })
+        Ok(ImageRef {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// The same image pinned to `digest` (the tag is kept for readability).
     pub fn with_digest(&self, digest: &str) -> ImageRef {
-        ImageRef { digest: Some(digest.to_string()), ..self.clone() }
+        ImageRef {
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
     }
 
     /// The reference as oci-client expects it.
     pub fn to_oci(&self) -> oci_client::Reference {
         let (registry, repository) = (self.registry.clone(), self.repository.clone());
         match (&self.tag, &self.digest) {
-            (Some(t), Some(d)) => oci_client::Reference::with_tag_and_digest(registry, repository, t.clone(), d.clone()),
+            (Some(t), Some(d)) => oci_client::Reference::with_tag_and_digest(
+                registry,
+                repository,
+                t.clone(),
+                d.clone(),
+            ),
             (_, Some(d)) => oci_client::Reference::with_digest(registry, repository, d.clone()),
             (Some(t), None) => oci_client::Reference::with_tag(registry, repository, t.clone()),
-            (None, None) => oci_client::Reference::with_tag(registry, repository, "latest".to_string()),
+            (None, None) => {
+                oci_client::Reference::with_tag(registry, repository, "latest".to_string())
+            }
         }
     }
 }
@@ -123,7 +152,8 @@ fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && !t.starts_with(['.', '-'])
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 fn valid_host(h: &str) -> bool {
@@ -131,11 +161,15 @@ fn valid_host(h: &str) -> bool {
         Some((host, port)) => (host, Some(port)),
         None => (h, None),
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     port_ok
         && !host.is_empty()
         && host.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -178,8 +212,16 @@ mod tests {
         let r = ImageRef::parse("busybox").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
         let r = ImageRef::parse("grafana/grafana:10.1").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("docker.io", "grafana/grafana", Some("10.1")));
-        assert_eq!(ImageRef::parse("index.docker.io/busybox").unwrap().repository, "library/busybox");
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("docker.io", "grafana/grafana", Some("10.1"))
+        );
+        assert_eq!(
+            ImageRef::parse("index.docker.io/busybox")
+                .unwrap()
+                .repository,
+            "library/busybox"
+        );
     }
 
     #[test]
@@ -193,9 +235,15 @@ mod tests {
         assert_eq!((r.registry.as_str(), r.tag.clone()), ("localhost", None));
         assert_eq!(r.to_string(), format!("localhost/x@{D}"));
         let r = ImageRef::parse("localhost:5000/a/b").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost:5000", "a/b", Some("latest")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("localhost:5000", "a/b", Some("latest"))
+        );
         let o = ImageRef::parse("localhost:5000/a/b:v1").unwrap().to_oci();
-        assert_eq!((o.registry(), o.repository(), o.tag()), ("localhost:5000", "a/b", Some("v1")));
+        assert_eq!(
+            (o.registry(), o.repository(), o.tag()),
+            ("localhost:5000", "a/b", Some("v1"))
+        );
     }
 
     #[test]

@@ -75,12 +75,16 @@ impl RegistryClient {
             read_timeout: Some(config.read_timeout),
             ..Default::default()
         };
-        let client = oci_client::Client::try_from(oci_config).map_err(|e| ImageError::Registry {
-            image: String::new(),
-            registry: String::new(),
-            reason: format!("cannot build http client: {}", chain(&e)),
-        })?;
-        Ok(RegistryClient { client, config: Arc::new(config) })
+        let client =
+            oci_client::Client::try_from(oci_config).map_err(|e| ImageError::Registry {
+                image: String::new(),
+                registry: String::new(),
+                reason: format!("cannot build http client: {}", chain(&e)),
+            })?;
+        Ok(RegistryClient {
+            client,
+            config: Arc::new(config),
+        })
     }
 
     /// The settings this client was built with.
@@ -120,17 +124,27 @@ impl RegistryClient {
             .await
             .map_err(|e| self.error(image, e))?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
-        if let Some(expected) = &image.digest {
-            if *expected != actual {
-                return Err(ImageError::DigestMismatch { image: image.to_string(), expected: expected.clone(), actual });
-            }
+        if let Some(expected) = &image.digest
+            && *expected != actual
+        {
+            return Err(ImageError::DigestMismatch {
+                image: image.to_string(),
+                expected: expected.clone(),
+                actual,
+            });
         }
         Ok((body.to_vec(), actual))
     }
 
     /// Downloads blob `digest` of `image` into `dest` (created or truncated), checking its size
     /// and digest. On any error `dest` is removed.
-    pub async fn fetch_blob(&self, image: &ImageRef, digest: &str, size: u64, dest: &Path) -> Result<()> {
+    pub async fn fetch_blob(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        size: u64,
+        dest: &Path,
+    ) -> Result<()> {
         let res = self.fetch_blob_inner(image, digest, size, dest).await;
         if res.is_err() {
             let _ = tokio::fs::remove_file(dest).await;
@@ -138,12 +152,30 @@ impl RegistryClient {
         res
     }
 
-    async fn fetch_blob_inner(&self, image: &ImageRef, digest: &str, size: u64, dest: &Path) -> Result<()> {
+    async fn fetch_blob_inner(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        size: u64,
+        dest: &Path,
+    ) -> Result<()> {
         let oci_ref = image.to_oci();
-        self.client.store_auth_if_needed(oci_ref.resolve_registry(), &self.auth(image)).await;
-        let desc = OciDescriptor { digest: digest.to_string(), size: size as i64, ..Default::default() };
-        let mut stream = self.client.pull_blob_stream(&oci_ref, &desc).await.map_err(|e| self.error(image, e))?;
-        let mut file = tokio::fs::File::create(dest).await.map_err(io_err("creating", dest))?;
+        self.client
+            .store_auth_if_needed(oci_ref.resolve_registry(), &self.auth(image))
+            .await;
+        let desc = OciDescriptor {
+            digest: digest.to_string(),
+            size: size as i64,
+            ..Default::default()
+        };
+        let mut stream = self
+            .client
+            .pull_blob_stream(&oci_ref, &desc)
+            .await
+            .map_err(|e| self.error(image, e))?;
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(io_err("creating", dest))?;
         let mut hasher = Sha256::new();
         let mut written: u64 = 0;
         while let Some(chunk) = stream.next().await {
@@ -157,19 +189,31 @@ impl RegistryClient {
                 });
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(io_err("writing", dest))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(io_err("writing", dest))?;
         }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
-            return Err(ImageError::DigestMismatch { image: image.to_string(), expected: digest.to_string(), actual });
+            return Err(ImageError::DigestMismatch {
+                image: image.to_string(),
+                expected: digest.to_string(),
+                actual,
+            });
         }
         file.sync_all().await.map_err(io_err("syncing", dest))?;
         Ok(())
     }
 
     fn stream_error(&self, image: &ImageRef, digest: &str, e: std::io::Error) -> ImageError {
-        if let Some(DigestError::VerificationError { actual, .. }) = e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
-            return ImageError::DigestMismatch { image: image.to_string(), expected: digest.to_string(), actual: actual.clone() };
+        if let Some(DigestError::VerificationError { actual, .. }) =
+            e.get_ref().and_then(|i| i.downcast_ref::<DigestError>())
+        {
+            return ImageError::DigestMismatch {
+                image: image.to_string(),
+                expected: digest.to_string(),
+                actual: actual.clone(),
+            };
         }
         ImageError::Registry {
             image: image.to_string(),
@@ -182,18 +226,30 @@ impl RegistryClient {
     fn error(&self, image: &ImageRef, e: OciDistributionError) -> ImageError {
         let registry = image.registry.clone();
         let reason = match &e {
-            OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
-                return ImageError::DigestMismatch { image: image.to_string(), expected: expected.clone(), actual: actual.clone() };
+            OciDistributionError::DigestError(DigestError::VerificationError {
+                expected,
+                actual,
+            }) => {
+                return ImageError::DigestMismatch {
+                    image: image.to_string(),
+                    expected: expected.clone(),
+                    actual: actual.clone(),
+                };
             }
             OciDistributionError::RegistryError { envelope, .. } => {
                 let not_found = envelope.errors.iter().any(|o| {
                     matches!(
                         o.code,
-                        OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NotFound
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::NotFound
                     )
                 });
-                let unauthorized =
-                    envelope.errors.iter().any(|o| matches!(o.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+                let unauthorized = envelope
+                    .errors
+                    .iter()
+                    .any(|o| matches!(o.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
                 let codes: Vec<String> = envelope
                     .errors
                     .iter()
@@ -214,7 +270,9 @@ impl RegistryClient {
             OciDistributionError::UnauthorizedError { .. } => {
                 "unauthorized: authentication required or access denied (HTTP 401)".to_string()
             }
-            OciDistributionError::AuthenticationFailure(msg) => format!("unauthorized: token request failed: {}", short(msg)),
+            OciDistributionError::AuthenticationFailure(msg) => {
+                format!("unauthorized: token request failed: {}", short(msg))
+            }
             OciDistributionError::ServerError { code, message, .. } => {
                 let kind = match code {
                     404 => "not found ",
@@ -240,11 +298,15 @@ impl RegistryClient {
             }
             _ => chain(&e),
         };
-        ImageError::Registry { image: image.to_string(), registry, reason }
+        ImageError::Registry {
+            image: image.to_string(),
+            registry,
+            reason,
+        }
     }
 
     fn is_insecure(&self, image: &ImageRef) -> bool {
-        self.config.insecure_registries.iter().any(|r| *r == image.registry)
+        self.config.insecure_registries.contains(&image.registry)
     }
 }
 
@@ -273,13 +335,24 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
 
 fn looks_like_tls(reason: &str) -> bool {
     let r = reason.to_lowercase();
-    ["tls", "certificate", "handshake", "corrupt message", "invalidcontenttype"].iter().any(|k| r.contains(k))
+    [
+        "tls",
+        "certificate",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|k| r.contains(k))
 }
 
 fn has_io_kind(e: &(dyn StdError + 'static), kind: std::io::ErrorKind) -> bool {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == kind) {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
             return true;
         }
         cur = err.source();

@@ -30,7 +30,10 @@ pub fn mount_rootfs(image: &Image, container_dir: &Path) -> Result<Rootfs> {
     for d in [&target, &upper, &work] {
         std::fs::create_dir_all(d).map_err(io_err("creating", d.as_path()))?;
     }
-    let merr = |reason: String| ImageError::Mount { path: target.clone(), reason };
+    let merr = |reason: String| ImageError::Mount {
+        path: target.clone(),
+        reason,
+    };
     if is_mounted(&target) {
         return Err(merr("already mounted".into()));
     }
@@ -43,20 +46,44 @@ pub fn mount_rootfs(image: &Image, container_dir: &Path) -> Result<Rootfs> {
     for p in lower.iter().chain([&upper, &work]) {
         let s = p.to_string_lossy();
         if s.contains([':', ',']) || !p.is_absolute() {
-            return Err(merr(format!("{s:?}: overlay paths must be absolute and free of ':' and ','")));
+            return Err(merr(format!(
+                "{s:?}: overlay paths must be absolute and free of ':' and ','"
+            )));
         }
     }
-    let lowers: Vec<String> = lower.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+    let lowers: Vec<String> = lower
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
     if opts.len() <= MAX_MOUNT_DATA {
-        nix::mount::mount(Some("overlay"), &target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-            .map_err(|e| merr(format!("mount overlay ({} layers): {e}", lowers.len())))?;
+        nix::mount::mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| merr(format!("mount overlay ({} layers): {e}", lowers.len())))?;
     } else {
         // Too many layers for one page of options: the new mount API takes them one by one.
-        mount_with_fsconfig(&lowers, &upper, &work, &target)
-            .map_err(|e| merr(format!("mount overlay ({} layers, fsconfig): {e}", lowers.len())))?;
+        mount_with_fsconfig(&lowers, &upper, &work, &target).map_err(|e| {
+            merr(format!(
+                "mount overlay ({} layers, fsconfig): {e}",
+                lowers.len()
+            ))
+        })?;
     }
-    Ok(Rootfs { target, upper, mounted: true })
+    Ok(Rootfs {
+        target,
+        upper,
+        mounted: true,
+    })
 }
 
 impl Rootfs {
@@ -64,7 +91,11 @@ impl Rootfs {
     pub fn adopt(container_dir: &Path) -> Rootfs {
         let target = container_dir.join("rootfs");
         let mounted = is_mounted(&target);
-        Rootfs { target, upper: container_dir.join("upper"), mounted }
+        Rootfs {
+            target,
+            upper: container_dir.join("upper"),
+            mounted,
+        }
     }
 
     /// The merged root filesystem (the bundle's `root.path`).
@@ -89,10 +120,21 @@ impl Rootfs {
         }
         match nix::mount::umount2(&self.target, MntFlags::empty()) {
             Ok(()) => {}
-            Err(nix::errno::Errno::EBUSY) => nix::mount::umount2(&self.target, MntFlags::MNT_DETACH)
-                .map_err(|e| ImageError::Mount { path: self.target.clone(), reason: format!("lazy unmount: {e}") })?,
+            Err(nix::errno::Errno::EBUSY) => {
+                nix::mount::umount2(&self.target, MntFlags::MNT_DETACH).map_err(|e| {
+                    ImageError::Mount {
+                        path: self.target.clone(),
+                        reason: format!("lazy unmount: {e}"),
+                    }
+                })?
+            }
             Err(nix::errno::Errno::EINVAL) if !is_mounted(&self.target) => {}
-            Err(e) => return Err(ImageError::Mount { path: self.target.clone(), reason: format!("unmount: {e}") }),
+            Err(e) => {
+                return Err(ImageError::Mount {
+                    path: self.target.clone(),
+                    reason: format!("unmount: {e}"),
+                });
+            }
         }
         self.mounted = false;
         Ok(())
@@ -107,19 +149,25 @@ impl Rootfs {
 
 impl Drop for Rootfs {
     fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = self.unmount() {
-                tracing::warn!(error = %e, "cannot unmount rootfs");
-            }
+        if self.mounted
+            && let Err(e) = self.unmount()
+        {
+            tracing::warn!(error = %e, "cannot unmount rootfs");
         }
     }
 }
 
 /// Whether `path` is a mount point (per /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(path) = path.canonicalize() else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| Path::new(&unescape(mp)) == path)
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| Path::new(&unescape(mp)) == path)
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
@@ -128,7 +176,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -139,14 +190,25 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn mount_with_fsconfig(lowers: &[String], upper: &Path, work: &Path, target: &Path) -> std::io::Result<()> {
+fn mount_with_fsconfig(
+    lowers: &[String],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
     const FSOPEN_CLOEXEC: libc::c_uint = 1;
     const FSCONFIG_SET_STRING: libc::c_uint = 1;
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
     const FSMOUNT_CLOEXEC: libc::c_uint = 1;
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
     let cstr = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
-    let check = |rc: libc::c_long| if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) };
+    let check = |rc: libc::c_long| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
 
     let name = cstr(b"overlay")?;
     // SAFETY: plain syscalls with valid NUL-terminated strings; returned fds are owned below.
@@ -155,9 +217,18 @@ fn mount_with_fsconfig(lowers: &[String], upper: &Path, work: &Path, target: &Pa
     let set = |key: &str, value: &[u8]| -> std::io::Result<()> {
         let (k, v) = (cstr(key.as_bytes())?, cstr(value)?);
         // SAFETY: fs is a valid fs context fd; k and v outlive the call.
-        check(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0) })
-            .map(|_| ())
-            .map_err(|e| std::io::Error::new(e.kind(), format!("fsconfig {key}: {e}")))
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("fsconfig {key}: {e}")))
     };
     for l in lowers {
         set("lowerdir+", l.as_bytes())?;
@@ -166,14 +237,29 @@ fn mount_with_fsconfig(lowers: &[String], upper: &Path, work: &Path, target: &Pa
     set("workdir", work.as_os_str().as_bytes())?;
     // SAFETY: as above.
     check(unsafe {
-        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<libc::c_char>(), std::ptr::null::<libc::c_void>(), 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
     })?;
-    let mnt = check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    let mnt =
+        check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
     let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
     let (empty, t) = (cstr(b"")?, cstr(target.as_os_str().as_bytes())?);
     // SAFETY: mnt is a valid mount fd; strings outlive the call.
     check(unsafe {
-        libc::syscall(libc::SYS_move_mount, mnt.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, t.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
     })?;
     Ok(())
 }

@@ -19,8 +19,12 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{Descriptor, MAX_JSON_BLOB, Parsed, parse_config, parse_manifest, pick_platform, referenced};
-use super::{ImageConfig, ImageError, ImageRef, RegistryClient, Result, digest_hex, io_err, unpack_layer};
+use super::manifest::{
+    Descriptor, MAX_JSON_BLOB, Parsed, parse_config, parse_manifest, pick_platform, referenced,
+};
+use super::{
+    ImageConfig, ImageError, ImageRef, RegistryClient, Result, digest_hex, io_err, unpack_layer,
+};
 
 /// How many layers of one image are downloaded and unpacked at the same time.
 const PARALLEL_LAYERS: usize = 3;
@@ -60,10 +64,6 @@ impl ImageStore {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>, registry: RegistryClient) -> Result<Self> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers", "images", "tmp"] {
-            let p = root.join(sub);
-            std::fs::create_dir_all(&p).map_err(io_err("creating", p))?;
-        }
         let s = root.to_string_lossy();
         if s.contains([':', ',']) {
             return Err(ImageError::Io {
@@ -72,7 +72,16 @@ impl ImageStore {
                 source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
             });
         }
-        Ok(ImageStore { root, registry, locks: KeyLocks::default(), gc_lock: tokio::sync::RwLock::new(()) })
+        for sub in ["blobs/sha256", "layers", "images", "tmp"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err("creating", p))?;
+        }
+        Ok(ImageStore {
+            root,
+            registry,
+            locks: KeyLocks::default(),
+            gc_lock: tokio::sync::RwLock::new(()),
+        })
     }
 
     /// The store's root directory.
@@ -87,7 +96,9 @@ impl ImageStore {
 
     /// Resolves `reference` to its manifest (or index) digest at the registry.
     pub async fn resolve_digest(&self, reference: &str) -> Result<String> {
-        self.registry.resolve_digest(&ImageRef::parse(reference)?).await
+        self.registry
+            .resolve_digest(&ImageRef::parse(reference)?)
+            .await
     }
 
     /// Resolves `reference` and returns it pinned: `registry/repo:tag@sha256:...`.
@@ -120,7 +131,10 @@ impl ImageStore {
                 match parse_manifest(&name, &bytes)? {
                     Parsed::Manifest { config, layers } => (entry.digest.clone(), config, layers),
                     Parsed::Index(_) => {
-                        return Err(ImageError::Unsupported { image: name, reason: "nested image indexes".into() });
+                        return Err(ImageError::Unsupported {
+                            image: name,
+                            reason: "nested image indexes".into(),
+                        });
                     }
                 }
             }
@@ -136,13 +150,22 @@ impl ImageStore {
         }
         // Owned items: borrowed ones make the future fail the `Send` check (rust#102211).
         let pinned_ref = &pinned;
-        let layer_dirs: Vec<PathBuf> = futures::stream::iter(layers.into_iter().zip(diff_ids))
-            .map(|(layer, diff_id)| async move { self.ensure_layer(pinned_ref, &layer, &diff_id).await })
-            .buffered(PARALLEL_LAYERS)
-            .try_collect()
-            .await?;
+        let layer_dirs: Vec<PathBuf> =
+            futures::stream::iter(layers.into_iter().zip(diff_ids))
+                .map(|(layer, diff_id)| async move {
+                    self.ensure_layer(pinned_ref, &layer, &diff_id).await
+                })
+                .buffered(PARALLEL_LAYERS)
+                .try_collect()
+                .await?;
         self.record_image(&digest, &name).await;
-        Ok(Image { reference: name, digest, manifest_digest, config, layer_dirs })
+        Ok(Image {
+            reference: name,
+            digest,
+            manifest_digest,
+            config,
+            layer_dirs,
+        })
     }
 
     /// Removes images, blobs and layers not reachable from `keep` (digests, or pinned references
@@ -151,11 +174,21 @@ impl ImageStore {
     pub async fn gc(&self, keep: &[String]) -> Result<GcStats> {
         let _exclusive = self.gc_lock.write().await;
         let root = self.root.clone();
-        let keep: Vec<String> =
-            keep.iter().map(|k| k.rsplit_once('@').map_or(k.as_str(), |(_, d)| d).to_string()).collect();
+        let keep: Vec<String> = keep
+            .iter()
+            .map(|k| {
+                k.rsplit_once('@')
+                    .map_or(k.as_str(), |(_, d)| d)
+                    .to_string()
+            })
+            .collect();
         tokio::task::spawn_blocking(move || gc_blocking(&root, &keep))
             .await
-            .map_err(|e| ImageError::Io { context: "gc task", path: PathBuf::new(), source: std::io::Error::other(e) })?
+            .map_err(|e| ImageError::Io {
+                context: "gc task",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
@@ -165,7 +198,9 @@ impl ImageStore {
     fn tmp_path(&self, what: &str) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root.join("tmp").join(format!("{what}.{}.{n}", std::process::id()))
+        self.root
+            .join("tmp")
+            .join(format!("{what}.{}.{n}", std::process::id()))
     }
 
     /// A manifest or index, from the store or else the registry.
@@ -173,7 +208,10 @@ impl ImageStore {
         if let Some(bytes) = self.local_json(digest).await {
             return Ok(bytes);
         }
-        let (bytes, actual) = self.registry.fetch_manifest(&image.with_digest(digest)).await?;
+        let (bytes, actual) = self
+            .registry
+            .fetch_manifest(&image.with_digest(digest))
+            .await?;
         self.put_blob(&actual, &bytes).await?;
         Ok(bytes)
     }
@@ -183,10 +221,16 @@ impl ImageStore {
             return Ok(bytes);
         }
         if desc.size as u64 > MAX_JSON_BLOB {
-            return Err(ImageError::Invalid { image: image.to_string(), what: "config", reason: "too large".into() });
+            return Err(ImageError::Invalid {
+                image: image.to_string(),
+                what: "config",
+                reason: "too large".into(),
+            });
         }
         let path = self.ensure_blob(image, desc).await?;
-        tokio::fs::read(&path).await.map_err(io_err("reading", path))
+        tokio::fs::read(&path)
+            .await
+            .map_err(io_err("reading", path))
     }
 
     /// A small local blob, re-verified (a corrupt one is removed and `None` returned).
@@ -207,11 +251,17 @@ impl ImageStore {
 
     /// Stores already verified bytes under their digest.
     async fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()> {
-        let Some(path) = self.blob_path(digest) else { return Ok(()) };
+        let Some(path) = self.blob_path(digest) else {
+            return Ok(());
+        };
         let tmp = self.tmp_path("blob");
         let write = async {
-            tokio::fs::write(&tmp, bytes).await.map_err(io_err("writing", tmp.clone()))?;
-            tokio::fs::rename(&tmp, &path).await.map_err(io_err("renaming", tmp.clone()))
+            tokio::fs::write(&tmp, bytes)
+                .await
+                .map_err(io_err("writing", tmp.clone()))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(io_err("renaming", tmp.clone()))
         };
         let res = write.await;
         if res.is_err() {
@@ -222,17 +272,21 @@ impl ImageStore {
 
     /// Downloads a blob unless present; returns its path.
     async fn ensure_blob(&self, image: &ImageRef, desc: &Descriptor) -> Result<PathBuf> {
-        let path = self.blob_path(&desc.digest).ok_or_else(|| ImageError::Invalid {
-            image: image.to_string(),
-            what: "manifest",
-            reason: format!("bad digest {:?}", desc.digest),
-        })?;
+        let path = self
+            .blob_path(&desc.digest)
+            .ok_or_else(|| ImageError::Invalid {
+                image: image.to_string(),
+                what: "manifest",
+                reason: format!("bad digest {:?}", desc.digest),
+            })?;
         let _key = self.locks.lock(&desc.digest).await;
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Ok(path);
         }
         let tmp = self.tmp_path("blob");
-        self.registry.fetch_blob(image, &desc.digest, desc.size.max(0) as u64, &tmp).await?;
+        self.registry
+            .fetch_blob(image, &desc.digest, desc.size.max(0) as u64, &tmp)
+            .await?;
         if let Err(e) = tokio::fs::rename(&tmp, &path).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(io_err("renaming", path)(e));
@@ -241,7 +295,12 @@ impl ImageStore {
     }
 
     /// Makes sure a layer is unpacked; returns its directory.
-    async fn ensure_layer(&self, image: &ImageRef, desc: &Descriptor, diff_id: &str) -> Result<PathBuf> {
+    async fn ensure_layer(
+        &self,
+        image: &ImageRef,
+        desc: &Descriptor,
+        diff_id: &str,
+    ) -> Result<PathBuf> {
         let hex = digest_hex(diff_id).unwrap_or_default(); // checked by parse_config
         let dir = self.root.join("layers").join(hex);
         if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
@@ -253,14 +312,23 @@ impl ImageStore {
         }
         let blob = self.ensure_blob(image, desc).await?;
         let tmp = self.tmp_path("layer");
-        let (out, label, expected, name) = (dir.clone(), desc.digest.clone(), diff_id.to_string(), image.to_string());
+        let (out, label, expected, name) = (
+            dir.clone(),
+            desc.digest.clone(),
+            diff_id.to_string(),
+            image.to_string(),
+        );
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || -> Result<()> {
             std::fs::create_dir(&tmp).map_err(io_err("creating", tmp.clone()))?;
             let res = unpack_layer(&blob, &tmp, &label)
                 .and_then(|actual| match actual == expected {
                     true => Ok(()),
-                    false => Err(ImageError::DigestMismatch { image: name, expected, actual }),
+                    false => Err(ImageError::DigestMismatch {
+                        image: name,
+                        expected,
+                        actual,
+                    }),
                 })
                 .and_then(|()| match std::fs::rename(&tmp, &out) {
                     Ok(()) => Ok(()),
@@ -275,7 +343,10 @@ impl ImageStore {
             res
         })
         .await
-        .map_err(|e| ImageError::Layer { digest: desc.digest.clone(), reason: format!("unpack task failed: {e}") })??;
+        .map_err(|e| ImageError::Layer {
+            digest: desc.digest.clone(),
+            reason: format!("unpack task failed: {e}"),
+        })??;
         tracing::debug!(layer = %desc.digest, elapsed = ?started.elapsed(), "layer unpacked");
         Ok(dir)
     }
@@ -284,7 +355,9 @@ impl ImageStore {
         if let Some(hex) = digest_hex(digest) {
             let tmp = self.tmp_path("image");
             let path = self.root.join("images").join(hex);
-            if tokio::fs::write(&tmp, reference).await.is_ok() && tokio::fs::rename(&tmp, &path).await.is_err() {
+            if tokio::fs::write(&tmp, reference).await.is_ok()
+                && tokio::fs::rename(&tmp, &path).await.is_err()
+            {
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
         }
@@ -298,15 +371,23 @@ fn gc_blocking(root: &Path, keep: &[String]) -> Result<GcStats> {
     let read_small = |hex: &str| -> Option<Vec<u8>> {
         let p = blobs.join(hex);
         let m = std::fs::metadata(&p).ok()?;
-        if m.len() > MAX_JSON_BLOB { None } else { std::fs::read(p).ok() }
+        if m.len() > MAX_JSON_BLOB {
+            None
+        } else {
+            std::fs::read(p).ok()
+        }
     };
     let mut stack: Vec<(String, u8)> = keep.iter().map(|d| (d.clone(), 0)).collect();
     while let Some((digest, depth)) = stack.pop() {
-        let Some(hex) = digest_hex(&digest) else { continue };
+        let Some(hex) = digest_hex(&digest) else {
+            continue;
+        };
         if !keep_blobs.insert(hex.to_string()) {
             continue;
         }
-        let Some(bytes) = read_small(hex) else { continue };
+        let Some(bytes) = read_small(hex) else {
+            continue;
+        };
         match parse_manifest("", &bytes) {
             // Of an index, only the platform this host runs is kept.
             Ok(Parsed::Index(entries)) if depth == 0 => {
@@ -320,9 +401,14 @@ fn gc_blocking(root: &Path, keep: &[String]) -> Result<GcStats> {
                         keep_blobs.insert(h.to_string());
                     }
                 }
-                let cfg = digest_hex(&config.digest).and_then(|h| read_small(h));
+                let cfg = digest_hex(&config.digest).and_then(&read_small);
                 if let Some(Ok((_, diff_ids))) = cfg.map(|c| parse_config("", &c)) {
-                    keep_layers.extend(diff_ids.iter().filter_map(|d| digest_hex(d)).map(str::to_string));
+                    keep_layers.extend(
+                        diff_ids
+                            .iter()
+                            .filter_map(|d| digest_hex(d))
+                            .map(str::to_string),
+                    );
                 }
             }
             _ => {}
@@ -330,7 +416,10 @@ fn gc_blocking(root: &Path, keep: &[String]) -> Result<GcStats> {
     }
     let mut stats = GcStats::default();
     let sweep = |dir: PathBuf, keep: &HashSet<String>, count: &mut usize| -> Result<()> {
-        for entry in std::fs::read_dir(&dir).map_err(io_err("listing", dir.clone()))?.flatten() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(io_err("listing", dir.clone()))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if keep.contains(&name) {
                 continue;
@@ -346,7 +435,11 @@ fn gc_blocking(root: &Path, keep: &[String]) -> Result<GcStats> {
         }
         Ok(())
     };
-    let keep_images: HashSet<String> = keep.iter().filter_map(|d| digest_hex(d)).map(str::to_string).collect();
+    let keep_images: HashSet<String> = keep
+        .iter()
+        .filter_map(|d| digest_hex(d))
+        .map(str::to_string)
+        .collect();
     sweep(root.join("images"), &keep_images, &mut stats.images_removed)?;
     sweep(blobs.clone(), &keep_blobs, &mut stats.blobs_removed)?;
     sweep(root.join("layers"), &keep_layers, &mut stats.layers_removed)?;
@@ -370,7 +463,11 @@ impl KeyLocks {
             let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(key.to_string()).or_default().clone()
         };
-        KeyGuard { locks: self, key: key.to_string(), guard: Some(m.lock_owned().await) }
+        KeyGuard {
+            locks: self,
+            key: key.to_string(),
+            guard: Some(m.lock_owned().await),
+        }
     }
 }
 
@@ -378,7 +475,10 @@ impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         self.guard.take();
         let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
             map.remove(&self.key);
         }
     }

@@ -29,7 +29,11 @@ pub fn require(test: &str, what: &str, ok: bool) -> bool {
 }
 
 pub fn have_binary(name: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {name}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn is_root() -> bool {
@@ -38,8 +42,15 @@ pub fn is_root() -> bool {
 
 /// Registry + busybox present.
 pub fn require_registry(test: &str) -> bool {
-    require(test, "the docker-registry binary (Debian package docker-registry)", have_binary(REGISTRY_BIN))
-        && require(test, "/bin/busybox (Debian package busybox-static)", Path::new(BUSYBOX).exists())
+    require(
+        test,
+        "the docker-registry binary (Debian package docker-registry)",
+        have_binary(REGISTRY_BIN),
+    ) && require(
+        test,
+        "/bin/busybox (Debian package busybox-static)",
+        Path::new(BUSYBOX).exists(),
+    )
 }
 
 pub fn sha256(data: &[u8]) -> String {
@@ -48,7 +59,11 @@ pub fn sha256(data: &[u8]) -> String {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `docker-registry serve` child process with its own storage; killed on drop.
@@ -84,7 +99,11 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("spawn docker-registry");
-        let mut reg = Registry { child: Some(child), addr, dir };
+        let mut reg = Registry {
+            child: Some(child),
+            addr,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if reg.v2_answers() {
@@ -93,15 +112,23 @@ impl Registry {
             if let Some(status) = reg.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("docker-registry exited ({status}): {}", reg.log());
             }
-            assert!(Instant::now() < deadline, "docker-registry did not answer GET /v2/ within 20s: {}", reg.log());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer GET /v2/ within 20s: {}",
+                reg.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn v2_answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(&self.addr) else { return false };
+        let Ok(mut s) = TcpStream::connect(&self.addr) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes()).is_err() {
+        if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+            .is_err()
+        {
             return false;
         }
         let mut buf = [0u8; 16];
@@ -115,7 +142,10 @@ impl Registry {
     /// Where the registry keeps blob `digest`.
     pub fn blob_data_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+        self.dir.path().join(format!(
+            "storage/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
     }
 
     /// Kills the registry (idempotent); its port then refuses connections.
@@ -163,7 +193,11 @@ pub fn tar(entries: &[E]) -> Vec<u8> {
                 b.append_data(&mut h, p, *data).unwrap();
             }
             E::Symlink(p, target) | E::Hardlink(p, target) => {
-                let ty = if matches!(e, E::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link };
+                let ty = if matches!(e, E::Symlink(..)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                };
                 h.set_entry_type(ty);
                 h.set_mode(0o777);
                 h.set_size(0);
@@ -181,7 +215,9 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// The busybox applets linked in the test image.
-pub const APPLETS: &[&str] = &["sh", "echo", "sleep", "httpd", "ls", "cat", "env", "id", "true", "wget", "nc"];
+pub const APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "httpd", "ls", "cat", "env", "id", "true", "wget", "nc",
+];
 
 /// An uncompressed layer: bin/busybox plus applet symlinks, etc/passwd, tmp.
 pub fn busybox_tar() -> Vec<u8> {
@@ -191,7 +227,11 @@ pub fn busybox_tar() -> Vec<u8> {
         E::Dir("bin/"),
         E::File("bin/busybox", &busybox, 0o755),
         E::Dir("etc/"),
-        E::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", 0o644),
+        E::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            0o644,
+        ),
         E::Dir("tmp/"),
     ];
     entries.extend(links.iter().map(|l| E::Symlink(l, "busybox")));
@@ -199,7 +239,12 @@ pub fn busybox_tar() -> Vec<u8> {
 }
 
 /// An image config for layers with the given diff_ids.
-pub fn config_json(diff_ids: &[String], entrypoint: &[&str], cmd: &[&str], env: &[&str]) -> Vec<u8> {
+pub fn config_json(
+    diff_ids: &[String],
+    entrypoint: &[&str],
+    cmd: &[&str],
+    env: &[&str],
+) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -211,7 +256,10 @@ pub fn config_json(diff_ids: &[String], entrypoint: &[&str], cmd: &[&str], env: 
 
 pub fn push_client() -> oci_client::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    oci_client::Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
+    oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    })
 }
 
 /// A layer to push: blob bytes, media type, diff_id.
@@ -228,28 +276,63 @@ impl Layer {
         } else {
             "application/vnd.oci.image.layer.v1.tar+gzip"
         };
-        Layer { diff_id: sha256(&tar), blob: gzip(&tar), media_type }
+        Layer {
+            diff_id: sha256(&tar),
+            blob: gzip(&tar),
+            media_type,
+        }
     }
     pub fn plain(tar: Vec<u8>, docker: bool) -> Layer {
-        let media_type =
-            if docker { "application/vnd.docker.image.rootfs.diff.tar" } else { "application/vnd.oci.image.layer.v1.tar" };
-        Layer { diff_id: sha256(&tar), blob: tar, media_type }
+        let media_type = if docker {
+            "application/vnd.docker.image.rootfs.diff.tar"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar"
+        };
+        Layer {
+            diff_id: sha256(&tar),
+            blob: tar,
+            media_type,
+        }
     }
 }
 
 /// Pushes blobs and a raw manifest (OCI or Docker v2 schema 2); returns the manifest digest.
-pub async fn push_image(addr: &str, repo_tag: &str, layers: &[Layer], config: &[u8], docker: bool) -> String {
+pub async fn push_image(
+    addr: &str,
+    repo_tag: &str,
+    layers: &[Layer],
+    config: &[u8],
+    docker: bool,
+) -> String {
     let client = push_client();
     let reference: oci_client::Reference = format!("{addr}/{repo_tag}").parse().unwrap();
-    let _ = client.auth(&reference, &RegistryAuth::Anonymous, oci_client::RegistryOperation::Push).await;
+    let _ = client
+        .auth(
+            &reference,
+            &RegistryAuth::Anonymous,
+            oci_client::RegistryOperation::Push,
+        )
+        .await;
     for l in layers {
-        client.push_blob(&reference, l.blob.clone(), &sha256(&l.blob)).await.unwrap();
+        client
+            .push_blob(&reference, l.blob.clone(), &sha256(&l.blob))
+            .await
+            .unwrap();
     }
-    client.push_blob(&reference, config.to_vec(), &sha256(config)).await.unwrap();
+    client
+        .push_blob(&reference, config.to_vec(), &sha256(config))
+        .await
+        .unwrap();
     let (manifest_type, config_type) = if docker {
-        ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.container.image.v1+json")
+        (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.container.image.v1+json",
+        )
     } else {
-        ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.config.v1+json")
+        (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+        )
     };
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
@@ -263,11 +346,20 @@ pub async fn push_image(addr: &str, repo_tag: &str, layers: &[Layer], config: &[
 }
 
 /// Pushes raw manifest bytes; returns their digest.
-pub async fn push_manifest(addr: &str, repo_tag: &str, manifest: &[u8], media_type: &str) -> String {
+pub async fn push_manifest(
+    addr: &str,
+    repo_tag: &str,
+    manifest: &[u8],
+    media_type: &str,
+) -> String {
     let client = push_client();
     let reference: oci_client::Reference = format!("{addr}/{repo_tag}").parse().unwrap();
     client
-        .push_manifest_raw(&reference, manifest.to_vec(), http::HeaderValue::from_str(media_type).unwrap())
+        .push_manifest_raw(
+            &reference,
+            manifest.to_vec(),
+            http::HeaderValue::from_str(media_type).unwrap(),
+        )
         .await
         .unwrap();
     sha256(manifest)
@@ -277,13 +369,27 @@ pub async fn push_manifest(addr: &str, repo_tag: &str, manifest: &[u8], media_ty
 pub async fn push_busybox(addr: &str, repo_tag: &str) -> String {
     let tar = busybox_tar();
     let diff_id = sha256(&tar);
-    let config = config_json(&[diff_id], &["/bin/sh", "-c"], &["echo hello"], &["PATH=/bin", "GREETING=hi"]);
+    let config = config_json(
+        &[diff_id],
+        &["/bin/sh", "-c"],
+        &["echo hello"],
+        &["PATH=/bin", "GREETING=hi"],
+    );
     let client = push_client();
     let reference: oci_client::Reference = format!("{addr}/{repo_tag}").parse().unwrap();
-    let layers = vec![oci_client::client::ImageLayer::oci_v1_gzip(gzip(&tar), None)];
+    let layers = vec![oci_client::client::ImageLayer::oci_v1_gzip(
+        gzip(&tar),
+        None,
+    )];
     let config = oci_client::client::Config::oci_v1(config, None);
-    client.push(&reference, &layers, config, &RegistryAuth::Anonymous, None).await.unwrap();
-    client.fetch_manifest_digest(&reference, &RegistryAuth::Anonymous).await.unwrap()
+    client
+        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .await
+        .unwrap();
+    client
+        .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
+        .await
+        .unwrap()
 }
 
 /// A store pointing at `addr` as an insecure (plain http) registry.
@@ -293,7 +399,8 @@ pub fn store(root: &Path, addr: &str) -> agent::image::ImageStore {
         connect_timeout: Duration::from_secs(3),
         ..Default::default()
     };
-    agent::image::ImageStore::open(root, agent::image::RegistryClient::new(config).unwrap()).unwrap()
+    agent::image::ImageStore::open(root, agent::image::RegistryClient::new(config).unwrap())
+        .unwrap()
 }
 
 /// Every file below `dir`, relative, sorted.
@@ -316,6 +423,14 @@ pub fn tree(dir: &Path) -> Vec<String> {
 /// The size of manifest `digest` in `repo`.
 pub async fn manifest_size(addr: &str, repo: &str, digest: &str) -> usize {
     let reference: oci_client::Reference = format!("{addr}/{repo}@{digest}").parse().unwrap();
-    let types = ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
-    push_client().pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &types).await.unwrap().0.len()
+    let types = [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ];
+    push_client()
+        .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &types)
+        .await
+        .unwrap()
+        .0
+        .len()
 }

@@ -48,10 +48,10 @@ struct Args {
     /// Passed to the managers (default: the manager's own, 50 ms).
     #[arg(long)]
     heartbeat_ms: Option<u64>,
-    /// Passed to the managers (default: the manager's own, 150 ms).
+    /// Passed to the managers (default: the manager's own, 100 ms).
     #[arg(long)]
     election_min_ms: Option<u64>,
-    /// Passed to the managers (default: the manager's own, 300 ms).
+    /// Passed to the managers (default: the manager's own, 200 ms).
     #[arg(long)]
     election_max_ms: Option<u64>,
 }
@@ -143,7 +143,7 @@ async fn run(mut args: Args) -> Result<()> {
         ..Tuning::default()
     };
     let settings = if tuning == Tuning::default() {
-        "fsync on, manager defaults (heartbeat 50 ms, election 150-300 ms, snapshot every 5000 entries)".to_string()
+        "fsync on, manager defaults (heartbeat 50 ms, election 100-200 ms, fast failover on refused connections, snapshot every 5000 entries)".to_string()
     } else {
         format!(
             "fsync on, manager defaults except {}",
