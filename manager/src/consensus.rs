@@ -49,6 +49,17 @@ impl Consensus {
         }
     }
 
+    /// Commits `op` only if this manager leads (never forwarded), so that a manager that lost
+    /// leadership cannot land a batch computed on its own view. Refusals come back as
+    /// `Response::Rejected`; `FailedPrecondition` when this manager does not lead.
+    pub async fn write_as_leader(&self, op: Op) -> Result<Response, Status> {
+        let command = Command { now_ms: now_ms(), op };
+        match self.write_local(command, self.quorum_timeout).await {
+            Ok(result) => result,
+            Err(Retry) => Err(Status::failed_precondition("this manager is not the leader")),
+        }
+    }
+
     /// Like [`Consensus::write`] but hands back refusals as a `Response::Rejected`.
     pub async fn write_command(&self, command: Command) -> Result<Response, Status> {
         let deadline = Instant::now() + self.quorum_timeout;

@@ -4,6 +4,7 @@
 //! A data dir holds `manager.json` (this file's [`ManagerConfig`]), `node.json` (credentials),
 //! `raft.redb` (log and vote), `snapshot.bin`, and after `init` also `admin.json` for the CLI.
 
+use crate::api::dispatcher::{DispatcherService, DispatcherTiming};
 use crate::api::{ca_service::CaService, control_service::ControlService, raft_service::RaftService};
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::failover::{self, FailoverTiming};
@@ -15,6 +16,7 @@ use openraft::BasicNode;
 use proto::v1::ca_client::CaClient;
 use proto::v1::ca_server::CaServer;
 use proto::v1::control_server::ControlServer;
+use proto::v1::dispatcher_server::DispatcherServer;
 use proto::v1::raft_client::RaftClient;
 use proto::v1::raft_server::RaftServer;
 use proto::v1::{IssueCertificateRequest, JoinRaftRequest};
@@ -73,6 +75,8 @@ pub struct StartOptions {
     pub data_dir: PathBuf,
     pub tuning: RaftTuning,
     pub quorum_timeout: Duration,
+    /// Agents' heartbeat period and the grace before a silent node is DOWN.
+    pub dispatcher: DispatcherTiming,
 }
 
 /// Where a new manager listens and what it tells its peers.
@@ -98,13 +102,15 @@ pub struct RunningManager {
     pub config: ManagerConfig,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     failover: JoinHandle<()>,
+    /// The control loops, node liveness and status writer: aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
     stop: oneshot::Sender<()>,
 }
 
 impl RunningManager {
     /// Serves until the server fails or `shutdown_signal` resolves.
     pub async fn serve_until(self, shutdown_signal: impl std::future::Future<Output = ()>) -> Result<()> {
-        let RunningManager { consensus, server, failover, stop, .. } = self;
+        let RunningManager { consensus, server, failover, background, stop, .. } = self;
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => {
@@ -116,6 +122,9 @@ impl RunningManager {
             }
         }
         failover.abort();
+        for task in background {
+            task.abort();
+        }
         consensus.raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
         Ok(())
     }
@@ -318,6 +327,7 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
         stream
     });
     let tls = identity::server_tls(&creds)?;
+    let (dispatcher, mut background) = DispatcherService::start(consensus.clone(), options.dispatcher);
     let router = tonic::transport::Server::builder()
         .tls_config(tls)
         .context("invalid TLS configuration")?
@@ -329,7 +339,8 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(ControlServer::new(ControlService { consensus: consensus.clone() }))
-        .add_service(CaServer::new(CaService { consensus: consensus.clone() }));
+        .add_service(CaServer::new(CaService { consensus: consensus.clone() }))
+        .add_service(DispatcherServer::new(dispatcher).max_encoding_message_size(MAX_MESSAGE));
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
@@ -340,8 +351,10 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
         stagger: Duration::from_millis(options.tuning.heartbeat_ms.max(25)),
     };
     let failover = tokio::spawn(failover::watch_leader(consensus.clone(), timing));
+    let control = tokio::spawn(crate::control_loop::run(consensus.clone()));
+    background.push(control);
     tracing::info!(node = %node_id_string(config.node_id), listen = %config.listen_addr, "manager serving");
-    Ok(RunningManager { consensus, config, server, failover, stop })
+    Ok(RunningManager { consensus, config, server, failover, background, stop })
 }
 
 fn refuse_existing(data_dir: &Path) -> Result<()> {

@@ -1,12 +1,17 @@
 //! The cluster manager: the Raft-replicated store, the control API, the certificate authority
-//! and (with later issues) the control loops.
+//! the dispatcher agents keep sessions with, and the leader's control loops.
 
 pub mod api;
 pub mod consensus;
+pub mod control_loop;
 pub mod daemon;
 pub mod failover;
+pub mod ids;
 pub mod membership;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
 pub mod store;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -2,6 +2,7 @@
 //! which forward membership calls to the leader) only.
 
 use super::convert::{ManagerView, membership, node_to_proto, reachability};
+use super::services;
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::membership as group;
 use crate::store::{Availability, Change, Kind, Node, NodeRole, NodeState, Op, Response as StoreResponse, Store, parse_node_id};
@@ -316,5 +317,41 @@ impl Control for ControlService {
             ca_digest: identity::ca_digest(&settings.ca_cert_pem).unwrap_or_default(),
             raft_purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
         }))
+    }
+
+    async fn create_service(&self, request: Request<pb::CreateServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        services::create(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn update_service(&self, request: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        services::update(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<pb::RemoveServiceRequest>,
+    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        services::remove(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_service(&self, request: Request<pb::GetServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        services::get(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        services::list(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        services::list_tasks(&self.consensus, request.into_inner()).await.map(Response::new)
     }
 }

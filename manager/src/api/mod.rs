@@ -3,4 +3,7 @@
 pub mod ca_service;
 pub mod control_service;
 pub mod convert;
+pub mod dispatcher;
 pub mod raft_service;
+pub mod service_spec;
+pub mod services;

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use manager::api::dispatcher::DispatcherTiming;
 use manager::daemon::{self, Placement, StartOptions};
 use manager::raft::RaftTuning;
 use std::path::PathBuf;
@@ -79,6 +80,13 @@ struct CommonArgs {
     /// How long a write or consistent read waits for a quorum before failing with "no quorum".
     #[arg(long, default_value_t = 5000)]
     quorum_timeout_ms: u64,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value_t = 1000)]
+    agent_heartbeat_ms: u64,
+    /// How long an agent may stay silent before its node is DOWN and its tasks are replaced
+    /// (default: 3 heartbeat periods).
+    #[arg(long)]
+    node_down_after_ms: Option<u64>,
 }
 
 impl CommonArgs {
@@ -93,6 +101,10 @@ impl CommonArgs {
                 max_logs_kept_after_snapshot: self.logs_kept,
             },
             quorum_timeout: Duration::from_millis(self.quorum_timeout_ms),
+            dispatcher: DispatcherTiming {
+                heartbeat_period: Duration::from_millis(self.agent_heartbeat_ms.max(1)),
+                grace: Duration::from_millis(self.node_down_after_ms.unwrap_or(3 * self.agent_heartbeat_ms.max(1))),
+            },
         }
     }
 }

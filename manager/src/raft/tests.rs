@@ -349,7 +349,7 @@ async fn a_failed_write_fails_its_callers_and_stops_the_log() {
 fn tuning_builds_a_validated_config() {
     let config = RaftTuning::default().config().unwrap();
     assert_eq!(config.heartbeat_interval, 50);
-    assert_eq!((config.election_timeout_min, config.election_timeout_max), (150, 300));
+    assert_eq!((config.election_timeout_min, config.election_timeout_max), (100, 200));
     assert!(matches!(config.snapshot_policy, openraft::SnapshotPolicy::LogsSinceLast(5000)));
     assert_eq!(config.max_in_snapshot_log_to_keep, 1000);
     let bad = RaftTuning { heartbeat_ms: 200, election_min_ms: 150, ..RaftTuning::default() };

@@ -1,0 +1,204 @@
+//! Task status reports: validated against the store, merged per burst (every report that
+//! queued while the previous write ran goes into one Raft write), and only forward moves of
+//! the observed state are kept.
+
+use crate::consensus::{Consensus, now_ms};
+use crate::store::{Change, Command, Object, Op, Response, Store, StoreError, TaskState};
+use proto::v1 as pb;
+use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+/// Reports waiting for the writer; callers wait when it is full.
+const QUEUE: usize = 4096;
+
+/// How often a burst is recomputed after version conflicts before its callers are told.
+const MAX_ATTEMPTS: usize = 10;
+
+/// One observed state of a task, from the agent of `node_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub node_id: String,
+    pub task_id: String,
+    pub state: TaskState,
+    pub message: String,
+    pub err: String,
+    pub exit_code: Option<i32>,
+    pub container_id: String,
+}
+
+/// Parses and checks the reports of `node_id`'s agent: every task must be assigned to that
+/// node (tasks no longer in the store are skipped: they were removed meanwhile).
+pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> Result<Vec<Report>, Status> {
+    let mut reports = Vec::with_capacity(updates.len());
+    for (i, update) in updates.into_iter().enumerate() {
+        let state = TaskState::parse(&update.state).ok_or_else(|| {
+            Status::invalid_argument(format!("updates[{i}].state: {:?} is not a task state", update.state))
+        })?;
+        let Some(task) = store.tasks.get(&update.task_id) else { continue };
+        if task.node_id.as_deref() != Some(node_id) {
+            return Err(Status::permission_denied(format!(
+                "updates[{i}]: task {} is not assigned to node {node_id}",
+                update.task_id
+            )));
+        }
+        reports.push(Report {
+            node_id: node_id.to_string(),
+            task_id: update.task_id,
+            state,
+            message: update.message,
+            err: update.error,
+            exit_code: update.exit_code,
+            container_id: update.container_id,
+        });
+    }
+    Ok(reports)
+}
+
+/// The store writes for `reports`: per task the furthest state reported (the latest report on
+/// ties), dropped if it would move the observed state back, changes nothing, or the task left
+/// the node meanwhile. Each update carries the version it was computed on.
+pub fn status_changes(store: &Store, reports: &[Report], now_ms: i64) -> Vec<Change> {
+    let mut latest: HashMap<&str, &Report> = HashMap::new();
+    for report in reports {
+        let keep = latest.get(report.task_id.as_str()).is_some_and(|r| r.state > report.state);
+        if !keep {
+            latest.insert(&report.task_id, report);
+        }
+    }
+    let mut changes = Vec::new();
+    for (task_id, report) in latest {
+        let Some(task) = store.tasks.get(task_id) else { continue };
+        if task.node_id.as_deref() != Some(report.node_id.as_str()) || report.state < task.status.state {
+            continue;
+        }
+        let mut status = task.status.clone();
+        status.state = report.state;
+        status.message = report.message.clone();
+        status.err = report.err.clone();
+        status.exit_code = report.exit_code.or(status.exit_code);
+        if !report.container_id.is_empty() {
+            status.container_id = report.container_id.clone();
+        }
+        if status == task.status {
+            continue;
+        }
+        status.timestamp_ms = now_ms;
+        let mut updated = task.clone();
+        updated.status = status;
+        changes.push(Change::Update { object: Object::Task(updated), expected_version: Some(task.meta.version) });
+    }
+    changes
+}
+
+struct Pending {
+    reports: Vec<Report>,
+    done: oneshot::Sender<Result<(), Status>>,
+}
+
+/// Hands reports to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct StatusWriter {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl StatusWriter {
+    /// Starts the writer task (it ends when every `StatusWriter` is dropped).
+    pub fn start(consensus: Consensus) -> (StatusWriter, tokio::task::JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        (StatusWriter { queue }, tokio::spawn(write_bursts(consensus, receiver)))
+    }
+
+    /// Queues `reports` and waits until they are committed (or refused).
+    pub async fn submit(&self, reports: Vec<Report>) -> Result<(), Status> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.queue.send(Pending { reports, done }).await.map_err(|_| Status::unavailable("the manager is shutting down"))?;
+        wait.await.map_err(|_| Status::unavailable("the manager is shutting down"))?
+    }
+}
+
+async fn write_bursts(consensus: Consensus, mut receiver: mpsc::Receiver<Pending>) {
+    while let Some(first) = receiver.recv().await {
+        let mut burst = vec![first];
+        while let Ok(next) = receiver.try_recv() {
+            burst.push(next);
+        }
+        let reports: Vec<Report> = burst.iter().flat_map(|p| p.reports.iter().cloned()).collect();
+        let result = write_reports(&consensus, &reports).await;
+        for pending in burst {
+            let _ = pending.done.send(result.clone());
+        }
+    }
+}
+
+/// Writes one burst, recomputed on the current store after each version conflict.
+async fn write_reports(consensus: &Consensus, reports: &[Report]) -> Result<(), Status> {
+    for _ in 0..MAX_ATTEMPTS {
+        let now = now_ms();
+        let changes = status_changes(&consensus.state.read(), reports, now);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match consensus.write_command(Command { now_ms: now, op: Op::Batch(changes) }).await? {
+            Response::Rejected(StoreError::VersionConflict { .. }) => continue,
+            Response::Rejected(error) => return Err(crate::consensus::store_error_status(&error)),
+            _ => return Ok(()),
+        }
+    }
+    Err(Status::aborted("the tasks kept changing while their status was written; report again"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Meta, RestartInfo, ServiceSpec, Task, TaskStatus};
+
+    fn store() -> Store {
+        let mut store = Store::default();
+        let task = Task {
+            meta: Meta { id: "t1".into(), version: 7, ..Meta::default() },
+            service_id: "s".into(),
+            slot: 1,
+            node_id: Some("a".into()),
+            desired_state: TaskState::Running,
+            status: TaskStatus { state: TaskState::Starting, ..TaskStatus::default() },
+            spec: ServiceSpec::default(),
+            job_iteration: 0,
+            restart: RestartInfo::default(),
+        };
+        store.tasks.insert("t1".into(), task);
+        store
+    }
+
+    fn report(state: &str) -> pb::TaskStatus {
+        pb::TaskStatus { task_id: "t1".into(), state: state.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn only_the_assigned_node_reports_and_states_must_parse() {
+        let store = store();
+        assert_eq!(validate(&store, "b", vec![report("running")]).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert!(validate(&store, "a", vec![report("sleeping")]).unwrap_err().message().contains("updates[0].state"));
+        let unknown = pb::TaskStatus { task_id: "gone".into(), ..report("running") };
+        assert!(validate(&store, "a", vec![unknown]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn states_only_move_forward_and_the_furthest_wins() {
+        let store = store();
+        let reports = validate(&store, "a", vec![report("running"), report("preparing")]).unwrap();
+        let changes = status_changes(&store, &reports, 5);
+        let [Change::Update { object: Object::Task(task), expected_version: Some(7) }] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(task.status.state, TaskState::Running);
+        assert_eq!(task.status.timestamp_ms, 5);
+        let back = validate(&store, "a", vec![report("preparing")]).unwrap();
+        assert!(status_changes(&store, &back, 5).is_empty());
+        let same = validate(&store, "a", vec![report("starting")]).unwrap();
+        assert!(status_changes(&store, &same, 5).is_empty(), "nothing new");
+    }
+}

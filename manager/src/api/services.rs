@@ -1,0 +1,256 @@
+//! The service and task calls of the `Control` service: create, update, remove, get and list
+//! services (by id, unique id prefix or name), and list tasks with filters.
+
+use super::service_spec::{spec_from_proto, spec_to_proto};
+use crate::consensus::Consensus;
+use crate::ids::new_id;
+use crate::store::{Change, Kind, Meta, Object, Op, Service, ServiceMode, Store, Task, TaskState};
+use proto::v1 as pb;
+use std::collections::HashMap;
+use tonic::Status;
+
+/// Finds a service by exact id, exact name, or unique id prefix.
+pub fn find_service<'a>(store: &'a Store, reference: &str) -> Result<&'a Service, Status> {
+    if let Some(service) = store.services.get(reference) {
+        return Ok(service);
+    }
+    if let Some(service) = store.services.values().find(|s| s.name == reference) {
+        return Ok(service);
+    }
+    let matches: Vec<&Service> =
+        store.services.values().filter(|s| !reference.is_empty() && s.meta.id.starts_with(reference)).collect();
+    match matches.as_slice() {
+        [service] => Ok(service),
+        [] => Err(Status::not_found(format!("service {reference} not found"))),
+        _ => Err(Status::invalid_argument(format!(
+            "service reference {reference} is ambiguous ({} services match)",
+            matches.len()
+        ))),
+    }
+}
+
+/// The API form of `service`, with its task counts.
+pub fn service_to_proto(store: &Store, service: &Service) -> pb::Service {
+    let tasks: Vec<&Task> = store.tasks.values().filter(|t| t.service_id == service.meta.id).collect();
+    let live = || tasks.iter().filter(|t| t.is_live());
+    let running = live().filter(|t| t.status.state == TaskState::Running).count() as u64;
+    let completed = tasks
+        .iter()
+        .filter(|t| t.job_iteration == service.job_iteration && t.status.state == TaskState::Complete)
+        .count() as u64;
+    let desired = match service.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+        ServiceMode::Global | ServiceMode::GlobalJob => live().count() as u64,
+    };
+    pb::Service {
+        id: service.meta.id.clone(),
+        spec: Some(spec_to_proto(&service.name, &service.labels, &service.spec)),
+        previous_spec: service.previous_spec.as_ref().map(|s| spec_to_proto(&service.name, &service.labels, s)),
+        version: service.meta.version,
+        created_at_ms: service.meta.created_at_ms,
+        updated_at_ms: service.meta.updated_at_ms,
+        running,
+        desired,
+        completed,
+        job_iteration: service.job_iteration,
+    }
+}
+
+/// The API form of `task`.
+pub fn task_to_proto(store: &Store, task: &Task) -> pb::Task {
+    pb::Task {
+        id: task.meta.id.clone(),
+        service_id: task.service_id.clone(),
+        service_name: store.services.get(&task.service_id).map(|s| s.name.clone()).unwrap_or_default(),
+        slot: task.slot,
+        node_id: task.node_id.clone().unwrap_or_default(),
+        desired_state: task.desired_state.as_str().into(),
+        state: task.status.state.as_str().into(),
+        message: task.status.message.clone(),
+        err: task.status.err.clone(),
+        timestamp_ms: task.status.timestamp_ms,
+        exit_code: task.status.exit_code,
+        container_id: task.status.container_id.clone(),
+        version: task.meta.version,
+        created_at_ms: task.meta.created_at_ms,
+        updated_at_ms: task.meta.updated_at_ms,
+        job_iteration: task.job_iteration,
+    }
+}
+
+/// Reads the service `id` after a write, consistently.
+async fn read_back(consensus: &Consensus, id: &str) -> Result<pb::Service, Status> {
+    consensus
+        .read(|store| store.services.get(id).map(|s| service_to_proto(store, s)))
+        .await?
+        .ok_or_else(|| Status::not_found(format!("service {id} was removed meanwhile")))
+}
+
+pub async fn create(consensus: &Consensus, request: pb::CreateServiceRequest) -> Result<pb::Service, Status> {
+    let spec = request.spec.ok_or_else(|| Status::invalid_argument("invalid service spec: spec: required"))?;
+    let valid = spec_from_proto(&spec)?;
+    let service = Service {
+        meta: Meta { id: new_id(), ..Meta::default() },
+        name: valid.name,
+        labels: valid.labels,
+        spec: valid.spec,
+        previous_spec: None,
+        job_iteration: 0,
+    };
+    let id = service.meta.id.clone();
+    consensus.write(Op::Batch(vec![Change::Create(Object::Service(service))])).await?;
+    tracing::info!(service = %id, "service created");
+    read_back(consensus, &id).await
+}
+
+pub async fn update(consensus: &Consensus, request: pb::UpdateServiceRequest) -> Result<pb::Service, Status> {
+    let mut spec = request.spec.ok_or_else(|| Status::invalid_argument("invalid service spec: spec: required"))?;
+    let (current, live) = consensus
+        .read(|store| {
+            find_service(store, &request.reference).map(|s| {
+                let live: Vec<Task> =
+                    store.tasks.values().filter(|t| t.service_id == s.meta.id && t.is_live()).cloned().collect();
+                (s.clone(), live)
+            })
+        })
+        .await??;
+    if spec.name.is_empty() {
+        spec.name = current.name.clone();
+    }
+    let valid = spec_from_proto(&spec)?;
+    if valid.name != current.name {
+        return Err(Status::invalid_argument(format!(
+            "invalid service spec: spec.name: a service cannot be renamed (it is {:?})",
+            current.name
+        )));
+    }
+    if std::mem::discriminant(&valid.spec.mode) != std::mem::discriminant(&current.spec.mode) {
+        return Err(Status::invalid_argument(format!(
+            "invalid service spec: spec.mode.kind: the mode of service {} cannot change; remove it and create it again",
+            current.name
+        )));
+    }
+    if request.version != 0 && request.version != current.meta.version {
+        return Err(Status::aborted(format!(
+            "service {} changed since it was read (version {} expected, {} found); read it again",
+            current.name, request.version, current.meta.version
+        )));
+    }
+    let mut updated = current.clone();
+    if valid.spec != current.spec {
+        updated.previous_spec = Some(Box::new(current.spec.clone()));
+    }
+    updated.labels = valid.labels;
+    updated.spec = valid.spec;
+    let mut changes = Vec::new();
+    if request.force {
+        if updated.spec.is_job() {
+            updated.job_iteration += 1;
+        } else {
+            // Until the update supervisor rolls tasks, a forced update replaces them all at once.
+            for task in live {
+                let expected_version = Some(task.meta.version);
+                let mut task = task;
+                task.desired_state = TaskState::Shutdown;
+                changes.push(Change::Update { object: Object::Task(task), expected_version });
+            }
+        }
+    }
+    let id = current.meta.id.clone();
+    changes.insert(0, Change::Update { object: Object::Service(updated), expected_version: Some(current.meta.version) });
+    consensus.write(Op::Batch(changes)).await?;
+    tracing::info!(service = %id, force = request.force, "service updated");
+    read_back(consensus, &id).await
+}
+
+pub async fn remove(consensus: &Consensus, request: pb::RemoveServiceRequest) -> Result<pb::RemoveServiceResponse, Status> {
+    let service = consensus.read(|store| find_service(store, &request.reference).cloned()).await??;
+    let id = service.meta.id.clone();
+    let change = Change::Delete { kind: Kind::Service, id: id.clone(), expected_version: None };
+    consensus.write(Op::Batch(vec![change])).await?;
+    tracing::info!(service = %id, "service removed");
+    Ok(pb::RemoveServiceResponse { id })
+}
+
+pub async fn get(consensus: &Consensus, request: pb::GetServiceRequest) -> Result<pb::Service, Status> {
+    consensus.read(|store| find_service(store, &request.reference).map(|s| service_to_proto(store, s))).await?
+}
+
+pub async fn list(consensus: &Consensus, request: pb::ListServicesRequest) -> Result<pb::ListServicesResponse, Status> {
+    let filters = request.filters;
+    for key in filters.keys() {
+        if !matches!(key.as_str(), "id" | "name" | "label" | "mode") {
+            return Err(Status::invalid_argument(format!("unknown filter {key:?}: use id, name, label or mode")));
+        }
+    }
+    let services = consensus
+        .read(|store| {
+            store
+                .services
+                .values()
+                .filter(|s| service_matches(s, &filters))
+                .map(|s| service_to_proto(store, s))
+                .collect()
+        })
+        .await?;
+    Ok(pb::ListServicesResponse { services })
+}
+
+fn service_matches(service: &Service, filters: &HashMap<String, String>) -> bool {
+    filters.iter().all(|(key, value)| match key.as_str() {
+        "id" => service.meta.id.starts_with(value.as_str()),
+        "name" => service.name.starts_with(value.as_str()),
+        "label" => match value.split_once('=') {
+            Some((k, v)) => service.labels.get(k).is_some_and(|actual| actual == v),
+            None => service.labels.contains_key(value),
+        },
+        "mode" => spec_to_proto("", &Default::default(), &service.spec).mode.is_some_and(|m| m.kind == *value),
+        _ => false,
+    })
+}
+
+pub async fn list_tasks(consensus: &Consensus, request: pb::ListTasksRequest) -> Result<pb::ListTasksResponse, Status> {
+    let filters = request.filters;
+    let desired = match filters.get("desired-state") {
+        None => None,
+        Some(text) => Some(TaskState::parse(text).ok_or_else(|| {
+            Status::invalid_argument(format!("desired-state {text:?} is not a task state (e.g. running, shutdown)"))
+        })?),
+    };
+    for key in filters.keys() {
+        if !matches!(key.as_str(), "service" | "node" | "desired-state" | "id") {
+            return Err(Status::invalid_argument(format!(
+                "unknown filter {key:?}: use service, node, desired-state or id"
+            )));
+        }
+    }
+    let tasks = consensus
+        .read(|store| -> Result<Vec<pb::Task>, Status> {
+            let service_id = match filters.get("service") {
+                None => None,
+                // Tasks of a removed service stay listed until reaped: match their id too.
+                Some(r) if store.tasks.values().any(|t| t.service_id == *r) => Some(r.clone()),
+                Some(r) => Some(find_service(store, r)?.meta.id.clone()),
+            };
+            let node_id = match filters.get("node") {
+                None => None,
+                Some(r) => Some(store.find_node(r).map_err(Status::not_found)?.meta.id.clone()),
+            };
+            let id_prefix = filters.get("id");
+            Ok(store
+                .tasks
+                .values()
+                .filter(|t| service_id.as_ref().is_none_or(|id| t.service_id == *id))
+                .filter(|t| node_id.as_ref().is_none_or(|id| t.node_id.as_ref() == Some(id)))
+                .filter(|t| desired.is_none_or(|d| t.desired_state == d))
+                .filter(|t| id_prefix.is_none_or(|p| t.meta.id.starts_with(p.as_str())))
+                .map(|t| task_to_proto(store, t))
+                .collect())
+        })
+        .await??;
+    Ok(pb::ListTasksResponse { tasks })
+}
+
+#[cfg(test)]
+mod tests;
