@@ -14,10 +14,11 @@ use clap::{Parser, Subcommand};
 use commands::info::InfoArgs;
 use commands::join_token::JoinTokenArgs;
 use commands::node::NodeCommand;
+use commands::service::ServiceCommand;
 use connect::Target;
 use output::Reported;
 
-/// Manage a cluster: nodes, join tokens and cluster state.
+/// Manage a cluster: nodes, services, join tokens and cluster state.
 #[derive(Debug, Parser)]
 #[command(name = "cluster", version, propagate_version = true)]
 struct Cli {
@@ -36,6 +37,9 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Show or rotate the tokens nodes join with.
     JoinToken(JoinTokenArgs),
     /// Show the cluster, its Raft state and its managers.
@@ -49,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Node(command) => commands::node::run(command, &target).await,
+        Command::Service(command) => commands::service::run(command, &target).await,
         Command::JoinToken(args) => commands::join_token::run(args, &target).await,
         Command::Info(args) => commands::info::run(args, &target).await,
     }

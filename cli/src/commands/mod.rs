@@ -4,6 +4,8 @@ pub mod info;
 pub mod join_token;
 pub mod node;
 mod node_view;
+pub mod service;
+mod service_view;
 
 use std::future::Future;
 

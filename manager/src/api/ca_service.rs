@@ -17,6 +17,18 @@ pub struct CaService {
 }
 
 impl CaService {
+    /// The answer to a node that got a certificate.
+    fn issued(&self, node_id: u64, role: Role, cert_pem: String, settings: ClusterSettings) -> IssueCertificateResponse {
+        IssueCertificateResponse {
+            node_id,
+            role: role.as_str().to_string(),
+            cert_pem,
+            ca_cert_pem: settings.ca_cert_pem,
+            cluster_id: settings.cluster_id,
+            manager_addrs: manager_addrs(&self.consensus),
+        }
+    }
+
     async fn settings(&self) -> Result<ClusterSettings, Status> {
         self.consensus
             .read(|store| store.settings.clone())
@@ -101,16 +113,8 @@ impl Ca for CaService {
             resources: crate::store::NodeResources::default(),
         };
         self.consensus.write(Op::Batch(vec![Change::Create(Object::Node(node))])).await?;
-        let manager_addrs = manager_addrs(&self.consensus);
         tracing::info!(node = %node_id, role = role.as_str(), hostname = %request.hostname, "node joined");
-        Ok(Response::new(IssueCertificateResponse {
-            node_id: raft_id,
-            role: role.as_str().to_string(),
-            cert_pem,
-            ca_cert_pem: settings.ca_cert_pem,
-            cluster_id: settings.cluster_id,
-            manager_addrs,
-        }))
+        Ok(Response::new(self.issued(raft_id, cert_role, cert_pem, settings)))
     }
 
     async fn renew_certificate(
@@ -127,14 +131,7 @@ impl Ca for CaService {
         // The role comes from the store, so a demoted manager renews as a worker.
         let role = if node.role == NodeRole::Manager { Role::Manager } else { Role::Worker };
         let cert_pem = issue(&settings, &request.into_inner().csr_pem, &caller.node_id, role)?;
-        Ok(Response::new(IssueCertificateResponse {
-            node_id: raft_id,
-            role: role.as_str().to_string(),
-            cert_pem,
-            ca_cert_pem: settings.ca_cert_pem,
-            cluster_id: settings.cluster_id,
-            manager_addrs: manager_addrs(&self.consensus),
-        }))
+        Ok(Response::new(self.issued(raft_id, role, cert_pem, settings)))
     }
 }
 
