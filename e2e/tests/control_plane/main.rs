@@ -5,13 +5,15 @@
 //! `cargo test -p e2e -- --nocapture`.
 //!
 //! One test binary, one module per concern: `failover` (a), `crash` (b), `security` (c),
-//! `quorum` (d), `cli` (e).
+//! `quorum` (d), `cli` (e), `membership` (demotion).
 
 mod cli;
 mod crash;
 mod failover;
+mod membership;
 mod quorum;
 mod security;
+mod service_cli;
 
 /// The node record the tests write labels on (the first manager, by hostname).
 pub const TARGET: &str = "m1";

@@ -218,8 +218,21 @@ impl Control for ControlService {
         }
         let raft_id = parse_node_id(&node.meta.id)
             .ok_or_else(|| Status::internal(format!("manager {} has no Raft id", node.meta.id)))?;
-        group::remove_manager(&self.consensus, raft_id).await?;
-        let updated = node_of(self.consensus.write(Op::SetNodeRole { id: node.meta.id, role: NodeRole::Worker }).await?)?;
+        let voters = group::voters(&self.consensus);
+        if voters.contains(&raft_id) && voters.len() == 1 {
+            return Err(Status::failed_precondition(
+                "cannot demote the last manager: the cluster would have no managers left",
+            ));
+        }
+        // The role is written first: a leader that demotes itself leaves the Raft group and may
+        // not learn who leads next, so it could not write afterwards. If leaving fails, the role
+        // is put back.
+        let id = node.meta.id;
+        let updated = node_of(self.consensus.write(Op::SetNodeRole { id: id.clone(), role: NodeRole::Worker }).await?)?;
+        if let Err(error) = group::remove_manager(&self.consensus, raft_id).await {
+            let _ = self.consensus.write(Op::SetNodeRole { id, role: NodeRole::Manager }).await;
+            return Err(error);
+        }
         Ok(Response::new(self.nodes_to_proto(vec![updated]).await.remove(0)))
     }
 
