@@ -5,9 +5,9 @@
 //! manager waits until it has applied that index. Both are bounded in time: without quorum the
 //! caller gets a clear `Unavailable("no quorum: ...")` instead of hanging.
 
+use crate::batcher::{Batcher, ProposeError};
 use crate::raft::{Raft, StateHandle, transport};
 use crate::store::{Command, Op, Response, Store};
-use openraft::error::{ClientWriteError, RaftError};
 use proto::v1::raft_client::RaftClient;
 use proto::v1::{RaftPayload, ReadIndexRequest};
 use std::collections::HashMap;
@@ -31,11 +31,13 @@ pub struct Consensus {
     creds: identity::Credentials,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     quorum_timeout: Duration,
+    batcher: Batcher,
 }
 
 impl Consensus {
     pub fn new(raft: Raft, state: StateHandle, node_id: u64, creds: identity::Credentials, quorum_timeout: Duration) -> Self {
-        Consensus { raft, state, node_id, creds, channels: Arc::default(), quorum_timeout }
+        let batcher = Batcher::start(raft.clone());
+        Consensus { raft, state, node_id, creds, channels: Arc::default(), quorum_timeout, batcher }
     }
 
     /// Commits `op` through Raft and returns the state machine's response. A refusal by the
@@ -81,13 +83,13 @@ impl Consensus {
         }
     }
 
-    /// On the leader: propose and wait for the commit.
+    /// On the leader: propose (batched with concurrent writes) and wait for the commit.
     async fn write_local(&self, command: Command, remaining: Duration) -> Attempt<Response> {
-        match tokio::time::timeout(remaining, self.raft.client_write(command)).await {
+        match tokio::time::timeout(remaining, self.batcher.propose(command.op)).await {
             Err(_) => Ok(Err(no_quorum("the write was not confirmed", self.quorum_timeout))),
-            Ok(Ok(written)) => Ok(Ok(written.data)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Retry),
-            Ok(Err(error)) => Ok(Err(Status::unavailable(format!("write failed: {error}")))),
+            Ok(Ok(response)) => Ok(Ok(response)),
+            Ok(Err(ProposeError::NotLeader)) => Err(Retry),
+            Ok(Err(ProposeError::Failed(error))) => Ok(Err(Status::unavailable(format!("write failed: {error}")))),
         }
     }
 
@@ -218,6 +220,7 @@ pub fn store_error_status(error: &crate::store::StoreError) -> Status {
         }
         E::VersionConflict { .. } => Status::aborted(error.to_string()),
         E::NotBootstrapped => Status::failed_precondition(error.to_string()),
+        E::NestedMulti => Status::invalid_argument(error.to_string()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the dispatcher agents keep sessions with, and the leader's control loops.
 
 pub mod api;
+pub mod batcher;
 pub mod consensus;
 pub mod control_loop;
 pub mod daemon;

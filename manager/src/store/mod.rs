@@ -35,6 +35,9 @@ pub enum Op {
     SetNodeRole { id: String, role: NodeRole },
     /// Replaces the secret of the worker or manager join token.
     RotateJoinToken { role: NodeRole, secret: String },
+    /// Independent operations the leader proposed together (one log entry for many concurrent
+    /// client writes); each is applied on its own and gets its own response.
+    Multi(Vec<Op>),
 }
 
 /// One generic write. `expected_version`, when given, must equal the stored object's version
@@ -55,6 +58,8 @@ pub enum Response {
     Node(Node),
     /// The command was refused; nothing changed.
     Rejected(StoreError),
+    /// One response per operation of an `Op::Multi`, in order.
+    Multi(Vec<Response>),
 }
 
 /// Why a command was refused.
@@ -64,6 +69,8 @@ pub enum StoreError {
     AlreadyBootstrapped,
     #[error("the cluster is not initialised")]
     NotBootstrapped,
+    #[error("an Op::Multi cannot contain another")]
+    NestedMulti,
     #[error("{kind} {id} not found")]
     NotFound { kind: String, id: String },
     #[error("{kind} {id} already exists")]
@@ -101,9 +108,29 @@ impl Store {
     /// Applies a committed command at log `index`. On `Rejected` nothing changed and no events
     /// are returned.
     pub fn apply(&mut self, index: u64, command: &Command) -> (Response, Vec<Event>) {
-        let now = command.now_ms;
+        match &command.op {
+            Op::Multi(ops) => {
+                let mut responses = Vec::with_capacity(ops.len());
+                let mut events = Vec::new();
+                for op in ops {
+                    let (response, op_events) = match op {
+                        Op::Multi(_) => (Response::Rejected(StoreError::NestedMulti), Vec::new()),
+                        op => self.apply_op(index, command.now_ms, op),
+                    };
+                    responses.push(response);
+                    events.extend(op_events);
+                }
+                (Response::Multi(responses), events)
+            }
+            op => self.apply_op(index, command.now_ms, op),
+        }
+    }
+
+    /// Applies one operation; on a refusal nothing changed and no events are returned.
+    fn apply_op(&mut self, index: u64, now: i64, op: &Op) -> (Response, Vec<Event>) {
         let mut events = Vec::new();
-        let result = match &command.op {
+        let result = match op {
+            Op::Multi(_) => Err(StoreError::NestedMulti),
             Op::Bootstrap { settings, first_manager } => {
                 self.bootstrap(index, now, settings, first_manager, &mut events)
             }

@@ -137,3 +137,32 @@ fn rotate_token_needs_bootstrap() {
     assert_eq!(store.apply(3, &command(op)).0, Response::Ok);
     assert_eq!(store.settings.as_ref().map(|s| s.worker_token_secret.as_str()), Some("new"));
 }
+
+#[test]
+fn multi_applies_each_operation_on_its_own() {
+    let mut store = Store::default();
+    store.apply(1, &command(Op::Bootstrap { settings: settings(), first_manager: node("a", "m1") }));
+    let label = |key: &str| Op::UpdateNode {
+        id: "a".into(),
+        availability: None,
+        labels_add: BTreeMap::from([(key.to_string(), "1".to_string())]),
+        labels_remove: vec![],
+    };
+    let missing = Op::UpdateNode {
+        id: "nope".into(),
+        availability: None,
+        labels_add: BTreeMap::new(),
+        labels_remove: vec![],
+    };
+    let multi = Op::Multi(vec![label("x"), missing, label("y"), Op::Multi(vec![])]);
+    let (response, events) = store.apply(2, &command(multi));
+    let Response::Multi(responses) = response else { panic!("expected one response per operation") };
+    assert_eq!(responses.len(), 4);
+    assert!(matches!(responses[0], Response::Node(_)));
+    assert!(matches!(responses[1], Response::Rejected(StoreError::NotFound { .. })));
+    assert!(matches!(responses[2], Response::Node(_)));
+    assert_eq!(responses[3], Response::Rejected(StoreError::NestedMulti));
+    // The refused operation did not stop the others.
+    assert_eq!(store.nodes["a"].labels.len(), 2);
+    assert_eq!(events.len(), 2);
+}
