@@ -210,7 +210,9 @@ pub fn parse_env(text: &str) -> Result<String, String> {
 pub fn parse_env_key(text: &str) -> Result<String, String> {
     let key = text.split_once('=').map_or(text, |(k, _)| k).trim();
     if key.is_empty() {
-        return Err(format!("invalid environment variable name {text:?}: it is empty"));
+        return Err(format!(
+            "invalid environment variable name {text:?}: it is empty"
+        ));
     }
     Ok(key.to_string())
 }
@@ -318,7 +320,9 @@ pub fn parse_publish(text: &str) -> Result<proto::v1::PortConfig, String> {
         }
     }
     if port.target == 0 {
-        return Err(format!("invalid port {text:?}: the target port must be 1-65535"));
+        return Err(format!(
+            "invalid port {text:?}: the target port must be 1-65535"
+        ));
     }
     Ok(port)
 }
@@ -362,9 +366,8 @@ pub fn parse_mount(text: &str) -> Result<proto::v1::Mount, String> {
                 }
             }
             "tmpfs-size" => {
-                tmpfs_size = Some(
-                    parse_memory(value).map_err(|e| format!("invalid mount {text:?}: {e}"))?,
-                )
+                tmpfs_size =
+                    Some(parse_memory(value).map_err(|e| format!("invalid mount {text:?}: {e}"))?)
             }
             "" => return Err(format!("invalid mount {text:?}: empty field")),
             other => {
@@ -515,15 +518,38 @@ mod tests {
         let p = parse_publish("8080:80").unwrap();
         assert_eq!((p.published, p.target), (8080, 80));
         let p = parse_publish("53:53/udp").unwrap();
-        assert_eq!((p.published, p.target, p.protocol.as_str()), (53, 53, "udp"));
+        assert_eq!(
+            (p.published, p.target, p.protocol.as_str()),
+            (53, 53, "udp")
+        );
         let p = parse_publish("80").unwrap();
         assert_eq!((p.published, p.target), (0, 80));
-        assert!(parse_publish("published=8080").unwrap_err().contains("target is required"));
-        assert!(parse_publish("target=80,mode=bridge").unwrap_err().contains("mode"));
-        assert!(parse_publish("target=80,colour=red").unwrap_err().contains("colour"));
+        assert!(
+            parse_publish("published=8080")
+                .unwrap_err()
+                .contains("target is required")
+        );
+        assert!(
+            parse_publish("target=80,mode=bridge")
+                .unwrap_err()
+                .contains("mode")
+        );
+        assert!(
+            parse_publish("target=80,colour=red")
+                .unwrap_err()
+                .contains("colour")
+        );
         assert!(parse_publish("1.2.3.4:8080:80").is_err());
-        assert!(parse_publish("8080:70000").unwrap_err().contains("target port"));
-        assert!(parse_publish("8080:80/icmp").unwrap_err().contains("protocol"));
+        assert!(
+            parse_publish("8080:70000")
+                .unwrap_err()
+                .contains("target port")
+        );
+        assert!(
+            parse_publish("8080:80/icmp")
+                .unwrap_err()
+                .contains("protocol")
+        );
         assert!(parse_publish("8080:0").is_err());
     }
 
@@ -538,10 +564,26 @@ mod tests {
         assert!(!m.readonly);
         let m = parse_mount("type=tmpfs,target=/tmp,tmpfs-size=64M").unwrap();
         assert_eq!(m.tmpfs_size_bytes, 64 << 20);
-        assert!(parse_mount("type=bind,source=/a").unwrap_err().contains("target is required"));
-        assert!(parse_mount("type=nfs,target=/a").unwrap_err().contains("nfs"));
-        assert!(parse_mount("target=/a,size=1").unwrap_err().contains("size"));
-        assert!(parse_mount("target=/a,tmpfs-size=1M").unwrap_err().contains("type=tmpfs"));
+        assert!(
+            parse_mount("type=bind,source=/a")
+                .unwrap_err()
+                .contains("target is required")
+        );
+        assert!(
+            parse_mount("type=nfs,target=/a")
+                .unwrap_err()
+                .contains("nfs")
+        );
+        assert!(
+            parse_mount("target=/a,size=1")
+                .unwrap_err()
+                .contains("size")
+        );
+        assert!(
+            parse_mount("target=/a,tmpfs-size=1M")
+                .unwrap_err()
+                .contains("type=tmpfs")
+        );
         assert!(parse_mount("target=/a,readonly=maybe").is_err());
     }
 }

@@ -230,7 +230,10 @@ pub fn progress(service: &Service) -> String {
             spec.name, service.running, service.completed
         )
     } else {
-        format!("{}: {}/{} running", spec.name, service.running, service.desired)
+        format!(
+            "{}: {}/{} running",
+            spec.name, service.running, service.desired
+        )
     }
 }
 
@@ -245,10 +248,23 @@ pub fn converged(service: &Service) -> bool {
 }
 
 fn ms(d: Option<u64>, default: &str) -> String {
-    d.map_or_else(|| default.to_string(), |ms| format!("{ms}ms"))
+    d.map_or_else(
+        || default.to_string(),
+        |ms| {
+            if ms % 1000 == 0 {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{ms}ms")
+            }
+        },
+    )
 }
 
-fn map_entries(entries: &mut Vec<(&str, String)>, key: &'static str, map: &HashMap<String, String>) {
+fn map_entries(
+    entries: &mut Vec<(&str, String)>,
+    key: &'static str,
+    map: &HashMap<String, String>,
+) {
     let mut items: Vec<_> = map.iter().collect();
     items.sort();
     if items.is_empty() {
@@ -263,31 +279,35 @@ fn map_entries(entries: &mut Vec<(&str, String)>, key: &'static str, map: &HashM
 /// The `service inspect --pretty` summary of one service.
 pub fn inspect_pretty(service: &Service) -> String {
     let spec = service.spec.clone().unwrap_or_default();
-    let mut entries: Vec<(&str, String)> = vec![
-        ("ID", service.id.clone()),
-        ("Name", spec.name.clone()),
-    ];
+    let mut entries: Vec<(&str, String)> =
+        vec![("ID", service.id.clone()), ("Name", spec.name.clone())];
     map_entries(&mut entries, "Labels", &spec.labels);
     entries.push(("Mode", capitalize(mode_kind(&spec))));
     if let Some(r) = spec.mode.as_ref().and_then(|m| m.replicas) {
         entries.push((" Replicas", r.to_string()));
     }
-    entries.push(("Running/desired", format!("{}/{}", service.running, service.desired)));
+    entries.push((
+        "Running/desired",
+        format!("{}/{}", service.running, service.desired),
+    ));
     entries.push(("Created at", format_time_ms(service.created_at_ms)));
     entries.push(("Updated at", format_time_ms(service.updated_at_ms)));
     entries.push(("Version", service.version.to_string()));
-    if let Some(p) = &spec.placement {
-        if !p.constraints.is_empty() || !p.preferences.is_empty() || p.max_replicas_per_node != 0 {
-            entries.push(("Placement", String::new()));
-            if !p.constraints.is_empty() {
-                entries.push((" Constraints", format!("{:?}", p.constraints)));
-            }
-            if !p.preferences.is_empty() {
-                entries.push((" Preferences", format!("{:?}", p.preferences)));
-            }
-            if p.max_replicas_per_node != 0 {
-                entries.push((" Max replicas per node", p.max_replicas_per_node.to_string()));
-            }
+    if let Some(p) = &spec.placement
+        && (!p.constraints.is_empty() || !p.preferences.is_empty() || p.max_replicas_per_node != 0)
+    {
+        entries.push(("Placement", String::new()));
+        if !p.constraints.is_empty() {
+            entries.push((" Constraints", format!("{:?}", p.constraints)));
+        }
+        if !p.preferences.is_empty() {
+            entries.push((" Preferences", format!("{:?}", p.preferences)));
+        }
+        if p.max_replicas_per_node != 0 {
+            entries.push((
+                " Max replicas per node",
+                p.max_replicas_per_node.to_string(),
+            ));
         }
     }
     let restart = spec.restart.clone().unwrap_or_default();
@@ -320,7 +340,11 @@ pub fn inspect_pretty(service: &Service) -> String {
     if !spec.env.is_empty() {
         entries.push((" Env", spec.env.join(" ")));
     }
-    for (key, value) in [(" Hostname", &spec.hostname), (" User", &spec.user), (" Dir", &spec.workdir)] {
+    for (key, value) in [
+        (" Hostname", &spec.hostname),
+        (" User", &spec.user),
+        (" Dir", &spec.workdir),
+    ] {
         if !value.is_empty() {
             entries.push((key, value.clone()));
         }
@@ -329,7 +353,11 @@ pub fn inspect_pretty(service: &Service) -> String {
     if !spec.mounts.is_empty() {
         entries.push(("Mounts", String::new()));
         for m in &spec.mounts {
-            let kind = if m.r#type.is_empty() { "volume" } else { &m.r#type };
+            let kind = if m.r#type.is_empty() {
+                "volume"
+            } else {
+                &m.r#type
+            };
             let ro = if m.readonly { " (read-only)" } else { "" };
             entries.push(("", format!(" - {kind} {} -> {}{ro}", m.source, m.target)));
         }
@@ -355,7 +383,11 @@ pub fn inspect_pretty(service: &Service) -> String {
     if let Some(e) = &spec.endpoint {
         entries.push((
             "Endpoint mode",
-            if e.mode.is_empty() { "vip".to_string() } else { e.mode.clone() },
+            if e.mode.is_empty() {
+                "vip".to_string()
+            } else {
+                e.mode.clone()
+            },
         ));
         if !e.ports.is_empty() {
             entries.push(("Ports", String::new()));
@@ -372,7 +404,13 @@ mod tests {
     use super::*;
     use proto::v1::{EndpointSpec, ServiceMode};
 
-    fn service(name: &str, kind: &str, replicas: Option<u64>, running: u64, desired: u64) -> Service {
+    fn service(
+        name: &str,
+        kind: &str,
+        replicas: Option<u64>,
+        running: u64,
+        desired: u64,
+    ) -> Service {
         Service {
             id: format!("{name}0123456789abcdef"),
             spec: Some(ServiceSpec {
@@ -444,14 +482,17 @@ web012345678   web     replicated   1/3        busybox   *:8080->80/tcp
         let nodes = HashMap::from([("00000000000000a1".to_string(), "m1".to_string())]);
         let text = tasks_table(&tasks, &images, &nodes, 1_005_000, false);
         let expected = "\
-ID             NAME        IMAGE     NODE   DESIRED STATE   CURRENT STATE             ERROR
+ID             NAME        IMAGE     NODE   DESIRED STATE   CURRENT STATE           ERROR
 t13aaaaaaaaa   web.1       busybox   m1     Running         Running 5 seconds ago
-t11aaaaaaaaa    \\_ web.1   busybox   m1     Shutdown        Failed 5 seconds ago      \"task: non-zero exit (1)\"
+t11aaaaaaaaa    \\_ web.1   busybox   m1     Shutdown        Failed 5 seconds ago    \"task: non-zero exit (1)\"
 t25aaaaaaaaa   web.2       busybox          Running         Pending 5 seconds ago
 ";
         assert_eq!(text, expected);
         let global = task(0, "00000000000000a1ffff", "running", 1);
-        assert_eq!(task_name(&global, false), "web.00000000000000a1".get(..16).unwrap());
+        assert_eq!(
+            task_name(&global, false),
+            "web.00000000000000a1".get(..16).unwrap()
+        );
         assert_eq!(task_name(&global, true), "web.00000000000000a1ffff");
     }
 
@@ -479,7 +520,10 @@ t25aaaaaaaaa   web.2       busybox          Running         Pending 5 seconds ag
     fn pretty_inspect() {
         let text = inspect_pretty(&service("web", "", Some(3), 1, 3));
         assert!(text.contains("Name:"), "{text}");
-        assert!(text.contains("Mode:               Replicated\n"), "{text}");
-        assert!(text.contains(" Image:             busybox\n"), "{text}");
+        assert!(
+            text.contains("Mode:                 Replicated\n"),
+            "{text}"
+        );
+        assert!(text.contains(" Image:               busybox\n"), "{text}");
     }
 }
