@@ -69,7 +69,7 @@ pub async fn ca_pinned(addr: &str, ca_digest: &str) -> Result<CaClient<Channel>>
     Ok(CaClient::new(channel))
 }
 
-/// Adds (or changes) one label on a node: one committed Raft entry.
+/// Adds (or changes) one label on a node: one committed write.
 pub async fn write_label(
     client: &mut Control,
     node: &str,

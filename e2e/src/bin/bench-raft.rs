@@ -4,9 +4,9 @@
 //! For real figures use a release build: `cargo build --release --workspace --bins &&
 //! target/release/bench-raft`. It runs the `cluster-manager` of its own profile dir.
 //!
-//! - Writes: `Control.UpdateNode` adding one label on a worker node record (one committed Raft
-//!   entry per call; each client overwrites its own key, so the record stays small), sent to the
-//!   leader by 1 and 64 concurrent clients for `--duration` seconds each, after a short warm-up.
+//! - Writes: `Control.UpdateNode` adding one label on a worker node record, acknowledged once
+//!   committed (the leader may carry concurrent writes in one Raft entry); each client overwrites
+//!   its own key, so the record stays small. Sent to the leader by 1 and 64 concurrent clients for `--duration` seconds each, after a short warm-up.
 //!   64 clients run twice: each with its own channel, and sharing 4 channels (gRPC multiplexes);
 //!   both are reported and the better one is compared with the target.
 //! - Failover: kill -9 the leader; clients on both survivors retry a write with 200 ms per-call
@@ -188,7 +188,7 @@ async fn run(mut args: Args) -> Result<()> {
         bin_dir: bin_dir.display().to_string(),
         managers: 3,
         settings,
-        write_op: "Control.UpdateNode labels_add (1 committed entry) on a worker node record, sent to the leader",
+        write_op: "Control.UpdateNode labels_add on a worker node record, sent to the leader; acknowledged once committed (the leader may carry concurrent writes in one Raft entry)",
         duration_s: args.duration,
         figures: figures(&throughput, &failover, args.duration),
         throughput,
