@@ -1,6 +1,6 @@
 //! The agent that runs on every host: session with the managers, runc runtime, images, health
-//! checks and logs. Its work arrives with the agents issue; the crate exists so the workspace has
-//! the shape the design gives it.
+//! checks and logs. [`daemon`] is the `cluster-agent` daemon: join, session, executor.
 
+pub mod daemon;
 pub mod image;
 pub mod runtime;

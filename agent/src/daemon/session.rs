@@ -1,0 +1,236 @@
+//! The session with the managers: one `Session` stream at a time with the leader (following
+//! `leader-addr` hints), heartbeats at the period the server gives, batched status updates, and
+//! reconnection with bounded backoff across the known manager addresses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity::Credentials;
+use proto::v1::dispatcher_client::DispatcherClient;
+use proto::v1::{HeartbeatRequest, SessionMessage, SessionRequest, UpdateTaskStatusRequest};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use super::executor::{Input, StatusQueue};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Who the agent is and where the managers are.
+pub struct SessionConfig {
+    pub hostname: String,
+    pub advertise_addr: String,
+    pub manager_addrs: Vec<String>,
+}
+
+/// Called with the manager addresses whenever the managers announce new ones.
+pub type AddrsHook = Arc<dyn Fn(&[String]) + Send + Sync>;
+
+/// Keeps a session open forever (until the task is dropped).
+pub async fn run(
+    cfg: SessionConfig,
+    creds: Credentials,
+    inputs: mpsc::Sender<Input>,
+    statuses: StatusQueue,
+    on_addrs: AddrsHook,
+) {
+    let mut addrs = cfg.manager_addrs.clone();
+    let mut next = 0usize;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if addrs.is_empty() {
+            tracing::error!("no manager address known");
+            tokio::time::sleep(BACKOFF_MAX).await;
+            continue;
+        }
+        let addr = addrs[next % addrs.len()].clone();
+        match session_once(
+            &cfg, &addr, &creds, &inputs, &statuses, &mut addrs, &on_addrs,
+        )
+        .await
+        {
+            Outcome::Leader(leader) => {
+                tracing::info!(%addr, %leader, "following the leader");
+                if !addrs.contains(&leader) {
+                    addrs.push(leader.clone());
+                }
+                next = addrs.iter().position(|a| *a == leader).unwrap_or(0);
+                tokio::time::sleep(BACKOFF_MIN).await;
+                continue;
+            }
+            Outcome::Ended(opened) => {
+                if opened {
+                    backoff = BACKOFF_MIN;
+                }
+                next += 1;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum Outcome {
+    /// Not the leader: the leader's address.
+    Leader(String),
+    /// The attempt failed or the session ended; whether a session was open.
+    Ended(bool),
+}
+
+async fn session_once(
+    cfg: &SessionConfig,
+    addr: &str,
+    creds: &Credentials,
+    inputs: &mpsc::Sender<Input>,
+    statuses: &StatusQueue,
+    addrs: &mut Vec<String>,
+    on_addrs: &AddrsHook,
+) -> Outcome {
+    let channel = match tokio::time::timeout(CONNECT_TIMEOUT, identity::connect(addr, creds)).await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, error = %e, "cannot connect to manager");
+            return Outcome::Ended(false);
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "connecting to manager timed out");
+            return Outcome::Ended(false);
+        }
+    };
+    let mut client = DispatcherClient::new(channel.clone());
+    let request = SessionRequest {
+        hostname: cfg.hostname.clone(),
+        addr: cfg.advertise_addr.clone(),
+        ..Default::default()
+    };
+    let mut stream = match client.session(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            if status.code() == tonic::Code::FailedPrecondition
+                && let Some(leader) = status
+                    .metadata()
+                    .get("leader-addr")
+                    .and_then(|v| v.to_str().ok())
+                && !leader.is_empty()
+                && leader != addr
+            {
+                return Outcome::Leader(leader.to_string());
+            }
+            tracing::warn!(%addr, error = %status.message(), "session refused");
+            return Outcome::Ended(false);
+        }
+    };
+    let mut workers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let (period_tx, period_rx) = watch::channel(DEFAULT_HEARTBEAT);
+    let mut opened = false;
+    loop {
+        let msg: SessionMessage = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!(%addr, "session ended by the manager");
+                break;
+            }
+            Err(status) => {
+                tracing::warn!(%addr, error = %status.message(), "session broken");
+                break;
+            }
+        };
+        if !opened {
+            opened = true;
+            tracing::info!(%addr, session = %msg.session_id, "session open");
+            let sid = msg.session_id.clone();
+            workers.push(tokio::spawn(heartbeats(
+                channel.clone(),
+                sid.clone(),
+                period_rx.clone(),
+            )));
+            workers.push(tokio::spawn(report(channel.clone(), sid, statuses.clone())));
+        }
+        if msg.heartbeat_period_ms > 0 {
+            period_tx.send_replace(Duration::from_millis(u64::from(msg.heartbeat_period_ms)));
+        }
+        if !msg.manager_addrs.is_empty() && msg.manager_addrs != *addrs {
+            let current = addrs.first().cloned();
+            *addrs = msg.manager_addrs.clone();
+            if let Some(a) = current.filter(|a| !addrs.contains(a)) {
+                addrs.push(a);
+            }
+            on_addrs(addrs);
+        }
+        let input = if msg.kind == "full" {
+            Input::Full(msg.assignments)
+        } else {
+            Input::Delta {
+                assignments: msg.assignments,
+                removed: msg.removed,
+            }
+        };
+        if inputs.send(input).await.is_err() {
+            break;
+        }
+    }
+    for w in workers {
+        w.abort();
+    }
+    Outcome::Ended(opened)
+}
+
+async fn heartbeats(channel: Channel, session_id: String, mut period: watch::Receiver<Duration>) {
+    let mut client = DispatcherClient::new(channel);
+    let mut current = *period.borrow_and_update();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(current) => {}
+            changed = period.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                current = *period.borrow_and_update();
+                continue;
+            }
+        }
+        let req = HeartbeatRequest {
+            session_id: session_id.clone(),
+        };
+        match client.heartbeat(req).await {
+            Ok(r) => {
+                let ms = r.into_inner().period_ms;
+                if ms > 0 {
+                    current = Duration::from_millis(u64::from(ms));
+                }
+            }
+            Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+        }
+    }
+}
+
+async fn report(channel: Channel, session_id: String, statuses: StatusQueue) {
+    let mut client = DispatcherClient::new(channel);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let batch = statuses.take();
+        if batch.is_empty() {
+            tokio::select! {
+                _ = statuses.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        let req = UpdateTaskStatusRequest {
+            session_id: session_id.clone(),
+            updates: batch.clone(),
+        };
+        match client.update_task_status(req).await {
+            Ok(_) => backoff = BACKOFF_MIN,
+            Err(status) => {
+                tracing::warn!(error = %status.message(), n = batch.len(), "status update failed; retrying");
+                statuses.put_back(batch);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
