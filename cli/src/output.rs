@@ -117,6 +117,14 @@ pub fn capitalize(s: &str) -> String {
 
 /// Writes to stdout; a closed pipe (`cluster node ls | head`) surfaces as an io error that
 /// `main` treats as success.
+/// Prints what `inspect` found: a JSON array (docker's default), or each object rendered for
+/// people when `pretty`.
+pub fn print_inspected<T: Serialize>(items: &[T], pretty: bool, render: impl Fn(&T) -> String) -> anyhow::Result<()> {
+    let text = if pretty { items.iter().map(render).collect::<Vec<_>>().join("\n") } else { json(items)? };
+    print(&text)?;
+    Ok(())
+}
+
 pub fn print(text: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

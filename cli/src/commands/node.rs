@@ -9,7 +9,7 @@ use proto::v1::{GetNodeRequest, ListNodesRequest, Node, RemoveNodeRequest, Updat
 use super::for_each_ref;
 use super::node_view::{inspect_pretty, nodes_table, sort_nodes};
 use crate::connect::{Target, rpc};
-use crate::output::{Format, json, print};
+use crate::output::{Format, json, print, print_inspected};
 use crate::parse::{
     NODE_FILTER_KEYS, filter_map, parse_availability, parse_filter, parse_label, parse_label_key,
 };
@@ -140,16 +140,7 @@ async fn inspect(args: InspectArgs, target: &Target) -> anyhow::Result<()> {
     })
     .await;
     let pretty = args.pretty || args.format == InspectFormat::Pretty;
-    let text = if pretty {
-        nodes
-            .iter()
-            .map(inspect_pretty)
-            .collect::<Vec<_>>()
-            .join("\n")
-    } else {
-        json(&nodes)?
-    };
-    print(&text)?;
+    print_inspected(&nodes, pretty, inspect_pretty)?;
     failed.map_or(Ok(()), |r| Err(r.into()))
 }
 

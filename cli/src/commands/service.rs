@@ -19,7 +19,7 @@ use super::service_view::{
     tasks_table,
 };
 use crate::connect::{Target, rpc};
-use crate::output::{Format, json, print};
+use crate::output::{Format, json, print, print_inspected};
 use crate::parse::{
     SERVICE_FILTER_KEYS, TASK_FILTER_KEYS, duration_ms, filter_map, parse_cpus, parse_duration,
     parse_env, parse_env_key, parse_filter, parse_label, parse_label_key, parse_memory,
@@ -542,16 +542,7 @@ async fn inspect(args: InspectArgs, target: &Target) -> anyhow::Result<()> {
     })
     .await;
     let pretty = args.pretty || args.format == InspectFormat::Pretty;
-    let text = if pretty {
-        services
-            .iter()
-            .map(inspect_pretty)
-            .collect::<Vec<_>>()
-            .join("\n")
-    } else {
-        json(&services)?
-    };
-    print(&text)?;
+    print_inspected(&services, pretty, inspect_pretty)?;
     failed.map_or(Ok(()), |r| Err(r.into()))
 }
 
