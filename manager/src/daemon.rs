@@ -174,7 +174,8 @@ pub async fn init(options: &StartOptions, placement: &Placement) -> Result<Runni
         availability: Availability::Active,
         labels: BTreeMap::new(),
         addr: config.advertise_addr.clone(),
-        state: NodeState::Ready,
+        // READY once an agent on this host opens a session: until then nothing runs tasks here.
+        state: NodeState::Unknown,
         resources: crate::store::NodeResources::default(),
     };
     running

@@ -109,7 +109,8 @@ impl Ca for CaService {
             availability: Availability::Active,
             labels: BTreeMap::new(),
             addr: request.advertise_addr.clone(),
-            state: if role == NodeRole::Manager { NodeState::Ready } else { NodeState::Unknown },
+            // READY once its agent opens a session (managers too: the manager process runs no tasks).
+            state: NodeState::Unknown,
             resources: crate::store::NodeResources::default(),
         };
         self.consensus.write(Op::Batch(vec![Change::Create(Object::Node(node))])).await?;
