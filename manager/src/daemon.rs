@@ -180,7 +180,7 @@ pub async fn init(options: &StartOptions, placement: &Placement) -> Result<Runni
     };
     running
         .consensus
-        .write(Op::Bootstrap { settings, first_manager })
+        .write(Op::Bootstrap { settings: Box::new(settings), first_manager: Box::new(first_manager) })
         .await
         .map_err(|status| anyhow!("cannot bootstrap the cluster: {}", status.message()))?;
 

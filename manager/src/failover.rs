@@ -39,11 +39,12 @@ pub async fn watch_leader(consensus: Consensus, timing: FailoverTiming) {
         tokio::time::sleep(timing.lease + timing.stagger * rank as u32).await;
         // Someone else may have won meanwhile, or the leader may be back.
         let still_same = consensus.raft.metrics().borrow().current_leader == Some(leader);
-        if still_same && leader_refuses_connections(&consensus, leader, timing).await {
-            if let Err(error) = consensus.raft.trigger().elect().await {
-                tracing::warn!(%error, "could not start an election");
-                return;
-            }
+        if still_same
+            && leader_refuses_connections(&consensus, leader, timing).await
+            && let Err(error) = consensus.raft.trigger().elect().await
+        {
+            tracing::warn!(%error, "could not start an election");
+            return;
         }
     }
 }
@@ -60,10 +61,10 @@ async fn leader_refuses_connections(consensus: &Consensus, leader: u64, timing: 
 fn is_connection_refused(status: &tonic::Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
         }
         source = error.source();
     }

@@ -39,7 +39,7 @@ fn bootstrap_command(cluster_id: &str) -> Command {
     Command {
         now_ms: 1_000,
         op: Op::Bootstrap {
-            settings: ClusterSettings {
+            settings: Box::new(ClusterSettings {
                 cluster_id: cluster_id.into(),
                 created_at_ms: 1_000,
                 ca_cert_pem: "cert".into(),
@@ -47,8 +47,8 @@ fn bootstrap_command(cluster_id: &str) -> Command {
                 worker_token_secret: "w".into(),
                 manager_token_secret: "m".into(),
                 node_cert_validity_secs: 3600,
-            },
-            first_manager: crate::store::Node {
+            }),
+            first_manager: Box::new(crate::store::Node {
                 meta: crate::store::Meta { id: "0000000000000001".into(), ..Default::default() },
                 hostname: "m1".into(),
                 role: crate::store::NodeRole::Manager,
@@ -57,7 +57,7 @@ fn bootstrap_command(cluster_id: &str) -> Command {
                 addr: "127.0.0.1:7001".into(),
                 state: crate::store::NodeState::Unknown,
                 resources: crate::store::NodeResources::default(),
-            },
+            }),
         },
     }
 }

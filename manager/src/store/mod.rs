@@ -21,7 +21,7 @@ pub struct Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Creates the cluster: settings and the first manager. Refused once settings exist.
-    Bootstrap { settings: ClusterSettings, first_manager: Node },
+    Bootstrap { settings: Box<ClusterSettings>, first_manager: Box<Node> },
     /// Generic writes, applied all or nothing.
     Batch(Vec<Change>),
     /// Read-modify-write of a node in the state machine, so concurrent updates never conflict.

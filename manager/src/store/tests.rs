@@ -42,7 +42,7 @@ fn command(op: Op) -> Command {
 #[test]
 fn bootstrap_once() {
     let mut store = Store::default();
-    let op = Op::Bootstrap { settings: settings(), first_manager: node("a", "m1") };
+    let op = Op::Bootstrap { settings: Box::new(settings()), first_manager: Box::new(node("a", "m1")) };
     let (response, events) = store.apply(1, &command(op.clone()));
     assert_eq!(response, Response::Ok);
     assert_eq!(events.len(), 1);
@@ -55,7 +55,7 @@ fn bootstrap_once() {
 #[test]
 fn update_node_merges_labels_and_bumps_version() {
     let mut store = Store::default();
-    store.apply(1, &command(Op::Bootstrap { settings: settings(), first_manager: node("a", "m1") }));
+    store.apply(1, &command(Op::Bootstrap { settings: Box::new(settings()), first_manager: Box::new(node("a", "m1")) }));
     let op = Op::UpdateNode {
         id: "a".into(),
         availability: Some(Availability::Drain),
@@ -133,7 +133,7 @@ fn rotate_token_needs_bootstrap() {
     let mut store = Store::default();
     let op = Op::RotateJoinToken { role: NodeRole::Worker, secret: "new".into() };
     assert_eq!(store.apply(1, &command(op.clone())).0, Response::Rejected(StoreError::NotBootstrapped));
-    store.apply(2, &command(Op::Bootstrap { settings: settings(), first_manager: node("a", "m1") }));
+    store.apply(2, &command(Op::Bootstrap { settings: Box::new(settings()), first_manager: Box::new(node("a", "m1")) }));
     assert_eq!(store.apply(3, &command(op)).0, Response::Ok);
     assert_eq!(store.settings.as_ref().map(|s| s.worker_token_secret.as_str()), Some("new"));
 }
@@ -141,7 +141,7 @@ fn rotate_token_needs_bootstrap() {
 #[test]
 fn multi_applies_each_operation_on_its_own() {
     let mut store = Store::default();
-    store.apply(1, &command(Op::Bootstrap { settings: settings(), first_manager: node("a", "m1") }));
+    store.apply(1, &command(Op::Bootstrap { settings: Box::new(settings()), first_manager: Box::new(node("a", "m1")) }));
     let label = |key: &str| Op::UpdateNode {
         id: "a".into(),
         availability: None,
