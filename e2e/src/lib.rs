@@ -11,6 +11,7 @@
 pub mod bins;
 pub mod client;
 pub mod lab;
+pub mod netlab;
 pub mod ports;
 pub mod process;
 pub mod stats;
