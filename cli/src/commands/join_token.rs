@@ -75,7 +75,10 @@ pub fn join_instructions(role: TokenRole, response: &JoinTokenResponse, connecte
         .map_or(connected, String::as_str);
     let token = &response.token;
     let command = match role {
-        TokenRole::Worker => format!("cluster-agent join --token {token} {addr}"),
+        TokenRole::Worker => format!(
+            "cluster-agent join --token {token} --join-addr {addr} \
+             --advertise-addr <THIS_HOST> --data-dir /var/lib/cluster/agent"
+        ),
         TokenRole::Manager => format!(
             "cluster-manager join --token {token} --join-addr {addr} \
              --listen-addr <THIS_HOST>:4242 --data-dir /var/lib/cluster/manager"
@@ -109,7 +112,8 @@ mod tests {
         assert_eq!(
             text,
             "To add a worker to this cluster, run the following command:\n\n    \
-             cluster-agent join --token CLTKN-1-abc-def 10.0.0.1:4242\n"
+             cluster-agent join --token CLTKN-1-abc-def --join-addr 10.0.0.1:4242 \
+             --advertise-addr <THIS_HOST> --data-dir /var/lib/cluster/agent\n"
         );
     }
 
