@@ -117,6 +117,16 @@ pub fn capitalize(s: &str) -> String {
 
 /// Writes to stdout; a closed pipe (`cluster node ls | head`) surfaces as an io error that
 /// `main` treats as success.
+/// How `inspect` commands print.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InspectFormat {
+    /// A JSON array of the objects (docker's default).
+    #[default]
+    Json,
+    /// A human-readable summary (same as `--pretty`).
+    Pretty,
+}
+
 /// Prints what `inspect` found: a JSON array (docker's default), or each object rendered for
 /// people when `pretty`.
 pub fn print_inspected<T: Serialize>(items: &[T], pretty: bool, render: impl Fn(&T) -> String) -> anyhow::Result<()> {

@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::bail;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use proto::v1::{GetNodeRequest, ListNodesRequest, Node, RemoveNodeRequest, UpdateNodeRequest};
 
 use super::for_each_ref;
 use super::node_view::{inspect_pretty, nodes_table, sort_nodes};
 use crate::connect::{Target, rpc};
-use crate::output::{Format, json, print, print_inspected};
+use crate::output::{Format, InspectFormat, json, print, print_inspected};
 use crate::parse::{
     NODE_FILTER_KEYS, filter_map, parse_availability, parse_filter, parse_label, parse_label_key,
 };
@@ -44,16 +44,6 @@ pub struct LsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-}
-
-/// How `node inspect` prints.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum InspectFormat {
-    /// A JSON array of the nodes.
-    #[default]
-    Json,
-    /// A human-readable summary (same as `--pretty`).
-    Pretty,
 }
 
 #[derive(Debug, Args)]

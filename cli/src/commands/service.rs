@@ -19,7 +19,7 @@ use super::service_view::{
     tasks_table,
 };
 use crate::connect::{Target, rpc};
-use crate::output::{Format, json, print, print_inspected};
+use crate::output::{Format, InspectFormat, json, print, print_inspected};
 use crate::parse::{
     SERVICE_FILTER_KEYS, TASK_FILTER_KEYS, duration_ms, filter_map, parse_cpus, parse_duration,
     parse_env, parse_env_key, parse_filter, parse_label, parse_label_key, parse_memory,
@@ -223,16 +223,6 @@ pub struct PsArgs {
     /// Service ids, unique id prefixes or names.
     #[arg(required = true, value_name = "SERVICE")]
     pub services: Vec<String>,
-}
-
-/// How `service inspect` prints.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum InspectFormat {
-    /// A JSON array of the services.
-    #[default]
-    Json,
-    /// A human-readable summary (same as `--pretty`).
-    Pretty,
 }
 
 #[derive(Debug, Args)]
