@@ -339,7 +339,7 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .add_service(ControlServer::new(ControlService { consensus: consensus.clone() }))
+        .add_service(ControlServer::new(ControlService { consensus: consensus.clone(), logs: dispatcher.log_broker() }))
         .add_service(CaServer::new(CaService { consensus: consensus.clone() }))
         .add_service(DispatcherServer::new(dispatcher).max_encoding_message_size(MAX_MESSAGE));
     let (stop, stopped) = oneshot::channel::<()>();

@@ -2,7 +2,8 @@
 //! which forward membership calls to the leader) only.
 
 use super::convert::{ManagerView, membership, node_to_proto, reachability};
-use super::services;
+use super::log_broker::LogBroker;
+use super::{service_logs, services};
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::membership as group;
 use crate::store::{Availability, Change, Kind, Node, NodeRole, NodeState, Op, Response as StoreResponse, Store, parse_node_id};
@@ -13,6 +14,7 @@ use proto::v1::control_client::ControlClient;
 use proto::v1::control_server::Control;
 use proto::v1::raft_client::RaftClient;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
@@ -21,6 +23,8 @@ const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct ControlService {
     pub consensus: Consensus,
+    /// The leader's log broker (the Dispatcher's), for `ServiceLogs`.
+    pub logs: Arc<LogBroker>,
 }
 
 const CONTROL_ROLES: &[Role] = &[Role::Admin, Role::Manager];
@@ -366,5 +370,15 @@ impl Control for ControlService {
     async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
         require_role(&request, CONTROL_ROLES)?;
         services::list_tasks(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    type ServiceLogsStream = service_logs::LogsStream;
+
+    async fn service_logs(
+        &self,
+        request: Request<pb::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        service_logs::serve(&self.consensus, &self.logs, request).await.map(Response::new)
     }
 }

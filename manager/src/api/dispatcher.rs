@@ -15,6 +15,7 @@ mod status;
 pub use liveness::DispatcherTiming;
 
 use super::ca_service::manager_addrs;
+use super::log_broker::{LogBroker, SessionLogs, SessionUpdate};
 use super::service_spec::spec_to_proto;
 use super::services::task_to_proto;
 use crate::consensus::Consensus;
@@ -33,7 +34,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 const AGENT_ROLES: &[Role] = &[Role::Worker, Role::Manager];
 
@@ -45,6 +46,7 @@ pub struct DispatcherService {
     sessions: Arc<Sessions>,
     statuses: StatusWriter,
     timing: DispatcherTiming,
+    logs: Arc<LogBroker>,
 }
 
 impl DispatcherService {
@@ -53,7 +55,13 @@ impl DispatcherService {
         let sessions = Arc::new(Sessions::default());
         let monitor = tokio::spawn(liveness::monitor(consensus.clone(), sessions.clone(), timing));
         let (statuses, writer) = StatusWriter::start(consensus.clone());
-        (DispatcherService { consensus, sessions, statuses, timing }, vec![monitor, writer])
+        let logs = Arc::new(LogBroker::default());
+        (DispatcherService { consensus, sessions, statuses, timing, logs }, vec![monitor, writer])
+    }
+
+    /// The log broker fed by this service's sessions, for the Control service's `ServiceLogs`.
+    pub fn log_broker(&self) -> Arc<LogBroker> {
+        self.logs.clone()
     }
 
     /// The caller's node id, once it is known that this manager leads.
@@ -136,6 +144,19 @@ impl SessionContext {
             assignments,
             removed: update.removed,
             heartbeat_period_ms: self.heartbeat_period_ms,
+            ..Default::default()
+        }
+    }
+
+    /// A delta without assignments that carries log subscription changes.
+    fn logs_message(&self, update: SessionUpdate) -> pb::SessionMessage {
+        pb::SessionMessage {
+            session_id: self.session_id.clone(),
+            kind: "delta".into(),
+            heartbeat_period_ms: self.heartbeat_period_ms,
+            log_subscriptions: update.subscribe,
+            cancelled_log_subscriptions: update.cancel,
+            ..Default::default()
         }
     }
 }
@@ -144,9 +165,11 @@ type Outgoing = mpsc::Sender<Result<pb::SessionMessage, Status>>;
 
 /// Feeds one session's stream: the full set, then a delta per burst of store changes, until the
 /// agent goes away, a newer session replaces this one, the node is removed or leadership ends.
+/// Log subscription changes for the node go out as they come.
 async fn run_session(
     context: SessionContext,
     replaced: Arc<Notify>,
+    logs: SessionLogs,
     mut events: tokio::sync::broadcast::Receiver<Watched>,
     outgoing: Outgoing,
 ) {
@@ -172,6 +195,13 @@ async fn run_session(
                 return;
             }
             () = outgoing.closed() => return,
+            () = logs.changed() => {
+                let update = logs.take();
+                if !update.is_empty() && outgoing.send(Ok(context.logs_message(update))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             received = events.recv() => match received {
                 Ok(Watched::Event { event, .. }) => batch.push(event),
                 Ok(Watched::Reset { .. }) | Err(RecvError::Lagged(_)) => reset = true,
@@ -223,6 +253,7 @@ impl Dispatcher for DispatcherService {
         let events = self.consensus.state.subscribe();
         let (session_id, replaced) = self.sessions.open(&node_id);
         mark_ready(&self.consensus, &node_id, resources).await?;
+        let logs = self.logs.attach(&node_id);
         tracing::info!(node = %node_id, session = %session_id, "agent session opened");
         let (outgoing, stream) = mpsc::channel(16);
         let context = SessionContext {
@@ -231,7 +262,7 @@ impl Dispatcher for DispatcherService {
             session_id,
             heartbeat_period_ms: self.period_ms(),
         };
-        tokio::spawn(run_session(context, replaced, events, outgoing));
+        tokio::spawn(run_session(context, replaced, logs, events, outgoing));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -254,6 +285,20 @@ impl Dispatcher for DispatcherService {
         let reports = status::validate(&self.consensus.state.read(), &node_id, request.updates)?;
         self.statuses.submit(reports).await?;
         Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+
+    /// Hands each batch to the log broker, which checks the node may publish it; the first
+    /// refusal (the reader left) ends the call so the agent stops.
+    async fn publish_logs(
+        &self,
+        request: Request<Streaming<pb::PublishLogsMessage>>,
+    ) -> Result<Response<pb::PublishLogsResponse>, Status> {
+        let node_id = self.caller(&request)?;
+        let mut stream = request.into_inner();
+        while let Some(message) = stream.message().await? {
+            self.logs.publish(&node_id, message).await?;
+        }
+        Ok(Response::new(pb::PublishLogsResponse {}))
     }
 }
 

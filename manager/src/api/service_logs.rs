@@ -1,0 +1,139 @@
+//! `ServiceLogs` of the Control service: picks the tasks a reference names, subscribes to their
+//! logs through the leader's [`LogBroker`] and streams what the agents publish.
+//!
+//! Only the leader holds agent sessions, so a follower proxies the whole stream to the leader
+//! (one hop only: a proxied call that lands on a non-leader fails with `leader-addr`). Closing
+//! the stream drops the subscription, which cancels it on the agents; on a follower, closing
+//! the client's stream closes the proxied one, with the same effect on the leader.
+
+use super::log_broker::{Delivery, LogBroker, LogOptions, Subscription, TaskContext};
+use super::services::find_service;
+use crate::consensus::{Consensus, MAX_MESSAGE};
+use crate::membership::{is_leader, not_leader};
+use crate::store::{Store, Task, TaskState};
+use futures::Stream;
+use proto::v1 as pb;
+use proto::v1::control_client::ControlClient;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status};
+
+/// The response stream of `ServiceLogs`.
+pub type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::ServiceLogsResponse, Status>> + Send>>;
+
+/// Without `follow`: how long to wait for more from nodes that have not closed their part
+/// before ending the stream without them (a node may hang or be partitioned).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Metadata set on a call a follower proxies to the leader.
+const PROXIED: &str = "x-cluster-proxied";
+
+/// Answers `ServiceLogs` on any manager.
+pub async fn serve(
+    consensus: &Consensus,
+    broker: &Arc<LogBroker>,
+    request: Request<pb::ServiceLogsRequest>,
+) -> Result<LogsStream, Status> {
+    if !is_leader(consensus) {
+        if request.metadata().contains_key(PROXIED) {
+            return Err(not_leader(consensus));
+        }
+        return proxy(consensus, request.into_inner()).await;
+    }
+    let request = request.into_inner();
+    let tasks = select_tasks(&consensus.state.read(), &request.reference)?;
+    let options = LogOptions { follow: request.follow, tail: request.tail, since_unix_nanos: request.since_unix_nanos };
+    let subscription = broker.subscribe(tasks, options)?;
+    tracing::debug!(subscription = subscription.id(), reference = %request.reference, follow = request.follow, "log reader");
+    let (outgoing, stream) = mpsc::channel(16);
+    tokio::spawn(forward(subscription, request.follow, outgoing));
+    Ok(Box::pin(ReceiverStream::new(stream)))
+}
+
+/// Hands the call to the leader and relays its stream.
+async fn proxy(consensus: &Consensus, request: pb::ServiceLogsRequest) -> Result<LogsStream, Status> {
+    let leader = consensus
+        .raft
+        .current_leader()
+        .await
+        .ok_or_else(|| crate::consensus::no_quorum("no leader is known", Duration::ZERO))?;
+    let channel = consensus.channel(leader).ok_or_else(|| Status::unavailable("the leader's address is unknown"))?;
+    let mut client = ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut request = Request::new(request);
+    request.metadata_mut().insert(PROXIED, tonic::metadata::MetadataValue::from_static("1"));
+    let stream = client.service_logs(request).await?.into_inner();
+    Ok(Box::pin(stream))
+}
+
+/// The tasks of the service `reference` names, or the one task it names (id or unique id
+/// prefix), that were placed on a node and may have started (and so may have logs).
+pub fn select_tasks(store: &Store, reference: &str) -> Result<Vec<TaskContext>, Status> {
+    let chosen: Vec<&Task> = match find_service(store, reference) {
+        Ok(service) => store.tasks.values().filter(|t| t.service_id == service.meta.id).collect(),
+        Err(status) if status.code() == tonic::Code::NotFound => vec![find_task(store, reference)?],
+        Err(status) => return Err(status),
+    };
+    Ok(chosen
+        .into_iter()
+        .filter(|t| t.status.state >= TaskState::Starting && t.status.state != TaskState::Rejected)
+        .filter_map(|t| {
+            let node_id = t.node_id.clone()?;
+            Some(TaskContext {
+                task_id: t.meta.id.clone(),
+                service_id: t.service_id.clone(),
+                service_name: store.services.get(&t.service_id).map(|s| s.name.clone()).unwrap_or_default(),
+                slot: t.slot,
+                node_hostname: store.nodes.get(&node_id).map(|n| n.hostname.clone()).unwrap_or_default(),
+                node_id,
+            })
+        })
+        .collect())
+}
+
+fn find_task<'a>(store: &'a Store, reference: &str) -> Result<&'a Task, Status> {
+    if let Some(task) = store.tasks.get(reference) {
+        return Ok(task);
+    }
+    let matches: Vec<&Task> =
+        store.tasks.values().filter(|t| !reference.is_empty() && t.meta.id.starts_with(reference)).collect();
+    match matches.as_slice() {
+        [task] => Ok(task),
+        [] => Err(Status::not_found(format!("no service or task {reference}"))),
+        _ => Err(Status::invalid_argument(format!("task reference {reference} is ambiguous ({} tasks match)", matches.len()))),
+    }
+}
+
+type Outgoing = mpsc::Sender<Result<pb::ServiceLogsResponse, Status>>;
+
+/// Relays the subscription to the caller until it ends, the caller leaves or (without follow)
+/// the remaining nodes stay silent for [`IDLE_TIMEOUT`].
+async fn forward(mut subscription: Subscription, follow: bool, outgoing: Outgoing) {
+    loop {
+        let wait = async {
+            if follow { Some(subscription.next().await) } else { tokio::time::timeout(IDLE_TIMEOUT, subscription.next()).await.ok() }
+        };
+        let next = tokio::select! {
+            () = outgoing.closed() => return,
+            next = wait => next,
+        };
+        let (response, last) = match next {
+            Some(Delivery::Lines(messages)) => (pb::ServiceLogsResponse { messages, warnings: vec![] }, false),
+            Some(Delivery::Warnings(warnings)) => (pb::ServiceLogsResponse { messages: vec![], warnings }, false),
+            Some(Delivery::End) => return,
+            None => {
+                let warning = format!(
+                    "no logs from {} for {} s: ending without them; the output may be incomplete",
+                    subscription.open_nodes().join(", "),
+                    IDLE_TIMEOUT.as_secs()
+                );
+                (pb::ServiceLogsResponse { messages: vec![], warnings: vec![warning] }, true)
+            }
+        };
+        if outgoing.send(Ok(response)).await.is_err() || last {
+            return;
+        }
+    }
+}
