@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod executor;
+pub mod log_publisher;
 pub mod plan;
 pub mod session;
 
@@ -201,6 +202,7 @@ pub async fn serve<R: ContainerRuntime, I: Images>(
 ) -> Result<()> {
     let statuses = StatusQueue::default();
     let (tx, rx) = mpsc::channel(64);
+    let logs: Arc<dyn log_publisher::LogSource> = runtime.clone();
     let executor = Executor::new(runtime, images, data_dir.join("volumes"), statuses.clone());
     let exec = tokio::spawn(executor.run(rx));
     let dir = data_dir.to_path_buf();
@@ -219,7 +221,7 @@ pub async fn serve<R: ContainerRuntime, I: Images>(
         advertise_addr: config.advertise_addr.clone(),
         manager_addrs: config.manager_addrs.clone(),
     };
-    session::run(cfg, creds, tx, statuses, hook).await;
+    session::run(cfg, creds, tx, statuses, hook, logs).await;
     exec.abort();
     Ok(())
 }

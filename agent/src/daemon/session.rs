@@ -1,6 +1,7 @@
 //! The session with the managers: one `Session` stream at a time with the leader (following
 //! `leader-addr` hints), heartbeats at the period the server gives, batched status updates, and
-//! reconnection with bounded backoff across the known manager addresses.
+//! reconnection with bounded backoff across the known manager addresses. Log subscriptions that
+//! arrive in the session go to a [`Publisher`] that lives as long as the session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use super::executor::{Input, StatusQueue};
+use super::log_publisher::{DispatcherSink, LogSource, Publisher};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -35,6 +37,7 @@ pub async fn run(
     inputs: mpsc::Sender<Input>,
     statuses: StatusQueue,
     on_addrs: AddrsHook,
+    logs: Arc<dyn LogSource>,
 ) {
     let mut addrs = cfg.manager_addrs.clone();
     let mut next = 0usize;
@@ -47,7 +50,7 @@ pub async fn run(
         }
         let addr = addrs[next % addrs.len()].clone();
         match session_once(
-            &cfg, &addr, &creds, &inputs, &statuses, &mut addrs, &on_addrs,
+            &cfg, &addr, &creds, &inputs, &statuses, &mut addrs, &on_addrs, &logs,
         )
         .await
         {
@@ -87,6 +90,7 @@ async fn session_once(
     statuses: &StatusQueue,
     addrs: &mut Vec<String>,
     on_addrs: &AddrsHook,
+    logs: &Arc<dyn LogSource>,
 ) -> Outcome {
     let channel = match tokio::time::timeout(CONNECT_TIMEOUT, identity::connect(addr, creds)).await
     {
@@ -126,8 +130,9 @@ async fn session_once(
     let mut workers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let (period_tx, period_rx) = watch::channel(DEFAULT_HEARTBEAT);
     let mut opened = false;
+    let mut publisher = Publisher::new(logs.clone(), Arc::new(DispatcherSink(channel.clone())));
     loop {
-        let msg: SessionMessage = match stream.message().await {
+        let mut msg: SessionMessage = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::info!(%addr, "session ended by the manager");
@@ -159,6 +164,13 @@ async fn session_once(
                 addrs.push(a);
             }
             on_addrs(addrs);
+        }
+        publisher.apply(
+            std::mem::take(&mut msg.log_subscriptions),
+            &msg.cancelled_log_subscriptions,
+        );
+        if msg.kind != "full" && msg.assignments.is_empty() && msg.removed.is_empty() {
+            continue;
         }
         let input = if msg.kind == "full" {
             Input::Full(msg.assignments)

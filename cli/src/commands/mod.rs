@@ -5,6 +5,7 @@ pub mod join_token;
 pub mod node;
 mod node_view;
 pub mod service;
+mod service_logs;
 mod service_view;
 
 use std::future::Future;

@@ -1,4 +1,4 @@
-//! `cluster service create|ls|ps|inspect|scale|update|rm`.
+//! `cluster service create|ls|ps|inspect|scale|update|rm` (`logs` is in `service_logs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,6 +48,8 @@ pub enum ServiceCommand {
     /// Remove services.
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
+    /// Show the logs of a service or a task.
+    Logs(super::service_logs::LogsArgs),
 }
 
 /// Service modes.
@@ -300,6 +302,7 @@ pub async fn run(command: ServiceCommand, target: &Target) -> anyhow::Result<()>
         ServiceCommand::Scale(args) => scale(args, target).await,
         ServiceCommand::Update(args) => update(args, target).await,
         ServiceCommand::Rm(args) => rm(args, target).await,
+        ServiceCommand::Logs(args) => super::service_logs::run(args, target).await,
     }
 }
 
