@@ -93,10 +93,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Run { common } => common,
     };
     let run_options = common.run_options();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = daemon::run(&common.data_dir, &run_options) => r,
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; containers keep running");
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            tracing::info!("terminated; containers keep running");
             Ok(())
         }
     }

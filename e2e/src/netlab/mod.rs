@@ -323,6 +323,18 @@ impl NetLab {
             .with_context(|| format!("cannot run {program} in {}", self.ns(i)))
     }
 
+    /// A `cluster --config admin.json ARGS` command in h1 that the caller runs (for long-lived
+    /// ones such as `service logs -f`; the caller bounds and kills it).
+    pub fn cli_command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = self.command_in(1, self.bin_dir.join("cluster"))?;
+        command
+            .arg("--config")
+            .arg(self.admin_path())
+            .args(args)
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
     /// `cluster --config admin.json ARGS` in h1; fails unless it exits 0; returns stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let bin = self.bin_dir.join("cluster").display().to_string();
@@ -371,8 +383,15 @@ impl NetLab {
     fn spawn(&mut self, name: &str, host: usize, program: &Path, args: &[String]) -> Result<()> {
         let log_dir = self.dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
-        let stdout = File::create(log_dir.join(format!("{name}.out")))?;
-        let stderr = File::create(log_dir.join(format!("{name}.log")))?;
+        // Appended to, so a restarted process keeps its predecessor's logs.
+        let append = |path: PathBuf| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        };
+        let stdout = append(log_dir.join(format!("{name}.out")))?;
+        let stderr = append(log_dir.join(format!("{name}.log")))?;
         let mut command = self.command_in(host, program)?;
         command
             .args(args)
@@ -473,6 +492,9 @@ impl NetLab {
             self.manager_addr(),
             "--hostname".into(),
             MANAGER_HOSTNAME.into(),
+            // Service images are pinned to their digest at the lab's (plain http) registry.
+            "--insecure-registry".into(),
+            self.registry_addr(),
         ];
         self.spawn("manager", 1, &bin, &args)?;
         let out = self.dir.join("logs/manager.out");
@@ -580,6 +602,41 @@ impl NetLab {
         }
         p.child.wait()?;
         Ok(())
+    }
+
+    /// Stops the agent of host `i` with SIGTERM (a clean daemon stop: its containers keep
+    /// running, as on `systemctl stop`).
+    pub fn stop_agent(&mut self, i: usize) -> Result<()> {
+        let p = self.proc_mut(&format!("agent-h{i}"))?;
+        if p.child.try_wait()?.is_none() {
+            kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM)?;
+        }
+        let deadline = Deadline::after(Duration::from_secs(10));
+        while p.child.try_wait()?.is_none() {
+            if deadline.passed() {
+                bail!("agent-h{i} did not exit within 10s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Starts the agent of host `i` again (`cluster-agent run` on its data dir) after
+    /// [`NetLab::kill_agent`] or [`NetLab::stop_agent`].
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        let name = format!("agent-h{i}");
+        let p = self.proc_mut(&name)?;
+        if p.child.try_wait()?.is_none() {
+            bail!("{name} is still running");
+        }
+        self.procs.retain(|p| p.name != name);
+        let bin = self.bin_dir.join("cluster-agent");
+        let args = vec![
+            "run".to_string(),
+            "--data-dir".into(),
+            self.agent_dir(i).display().to_string(),
+        ];
+        self.spawn(&name, i, &bin, &args)
     }
 
     /// The last `lines` lines of every process's logs.
