@@ -13,8 +13,8 @@ use manager::daemon::{Placement, StartOptions};
 use manager::raft::RaftTuning;
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
-    CreateServiceRequest, GetJoinTokenRequest, ListTasksRequest, RestartPolicy, ServiceMode,
-    ServiceSpec, Task, UpdateNodeRequest,
+    CreateServiceRequest, GetJoinTokenRequest, ListTasksRequest, LogMessage, Mount, RestartPolicy,
+    ServiceLogsRequest, ServiceMode, ServiceSpec, Task, UpdateNodeRequest,
 };
 use tonic::transport::Channel;
 
@@ -240,4 +240,246 @@ async fn agent_runs_a_service_and_replaces_killed_tasks() {
     })
     .await;
     agent.abort();
+}
+
+/// A manager (its own node drained) and a joined agent running in this process.
+struct Lab {
+    control: ControlClient<Channel>,
+    data: PathBuf,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _manager: manager::daemon::RunningManager,
+}
+
+async fn start_lab(dir: &Path, registry: &support::Registry) -> Lab {
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let options = StartOptions {
+        data_dir: dir.join("manager"),
+        tuning: RaftTuning::default(),
+        quorum_timeout: Duration::from_secs(5),
+        dispatcher: DispatcherTiming::default(),
+    };
+    let placement = Placement {
+        listen_addr: addr.clone(),
+        advertise_addr: None,
+        hostname: Some("m1".into()),
+    };
+    let manager = manager::daemon::init(&options, &placement).await.unwrap();
+    let admin = identity::AdminConfig::load(&dir.join("manager/admin.json")).unwrap();
+    let mut control =
+        ControlClient::new(identity::connect(&addr, &admin.credentials).await.unwrap());
+    let token = control
+        .get_join_token(GetJoinTokenRequest {
+            role: "worker".into(),
+            rotate: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let data = dir.join("agent");
+    let join = JoinOptions {
+        token,
+        join_addr: addr.clone(),
+        data_dir: data.clone(),
+        advertise_addr: Some("127.0.0.1".into()),
+        hostname: Some("w1".into()),
+        insecure_registries: vec![registry.addr.clone()],
+    };
+    daemon::join(&join).await.unwrap();
+    let agent = {
+        let data = data.clone();
+        tokio::spawn(async move { daemon::run(&data, &RunOptions::default()).await })
+    };
+    let drain = UpdateNodeRequest {
+        reference: "m1".into(),
+        availability: "drain".into(),
+        ..Default::default()
+    };
+    control.update_node(drain).await.unwrap();
+    Lab {
+        control,
+        data,
+        agent,
+        _manager: manager,
+    }
+}
+
+/// Everything a non-follow `ServiceLogs` call returns, checking that the stream ends.
+async fn read_logs(
+    control: &mut ControlClient<Channel>,
+    reference: &str,
+    tail: Option<u64>,
+) -> (Vec<LogMessage>, Vec<String>) {
+    let request = ServiceLogsRequest {
+        reference: reference.into(),
+        follow: false,
+        tail,
+        since_unix_nanos: None,
+    };
+    let mut stream = control.service_logs(request).await.unwrap().into_inner();
+    let (mut lines, mut warnings) = (Vec::new(), Vec::new());
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(batch) = stream.message().await.unwrap() {
+            lines.extend(batch.messages);
+            warnings.extend(batch.warnings);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a non-follow log stream ends by itself");
+    (lines, warnings)
+}
+
+fn texts(lines: &[LogMessage]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .map(|m| {
+            (
+                m.stream.clone(),
+                String::from_utf8_lossy(&m.line).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_logs_tail_and_follow() {
+    if !usable("service_logs_tail_and_follow") {
+        return;
+    }
+    identity::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let registry = support::Registry::start();
+    support::push_busybox(&registry.addr, "busybox:latest").await;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let mut lab = start_lab(dir.path(), &registry).await;
+    let _cleanup = Cleanup {
+        data: lab.data.clone(),
+    };
+
+    // Three lines on stdout, one on stderr, then one more once the test creates /shared/go.
+    let script = "echo out 1; echo out 2; echo out 3; sleep 1; echo err 1 >&2; \
+                  while [ ! -e /shared/go ]; do sleep 1; done; echo late; sleep 1000";
+    let spec = ServiceSpec {
+        name: "talker".into(),
+        image: format!("{}/busybox:latest", registry.addr),
+        command: vec![script.into()],
+        mounts: vec![Mount {
+            r#type: "bind".into(),
+            source: shared.display().to_string(),
+            target: "/shared".into(),
+            readonly: true,
+            tmpfs_size_bytes: 0,
+        }],
+        stop_grace_period_ms: Some(1000),
+        ..Default::default()
+    };
+    control_create(&mut lab.control, spec).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let task = loop {
+        let req = ListTasksRequest {
+            filters: [("service".into(), "talker".into())].into(),
+        };
+        let ts = lab.control.list_tasks(req).await.unwrap().into_inner().tasks;
+        if let Some(t) = ts.iter().find(|t| t.state == "running") {
+            break t.clone();
+        }
+        assert!(Instant::now() < deadline, "the task never ran: {ts:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // All lines, once the container has written them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let (lines, warnings) = read_logs(&mut lab.control, "talker", None).await;
+        assert!(warnings.is_empty(), "{warnings:?}");
+        if lines.len() >= 4 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "lines so far: {:?}", texts(&lines));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let pair = |s: &str, l: &str| (s.to_string(), l.to_string());
+    assert_eq!(
+        texts(&all),
+        [
+            pair("stdout", "out 1"),
+            pair("stdout", "out 2"),
+            pair("stdout", "out 3"),
+            pair("stderr", "err 1")
+        ]
+    );
+    let first = &all[0];
+    assert_eq!(first.task_id, task.id);
+    assert_eq!(first.service_name, "talker");
+    assert_eq!(first.slot, 1);
+    assert_eq!(first.node_hostname, "w1");
+    assert_eq!(first.node_id, task.node_id);
+    assert!(first.timestamp_unix_nanos > 0);
+
+    // The last two lines only; by task id prefix too.
+    let (tail, _) = read_logs(&mut lab.control, "talker", Some(2)).await;
+    assert_eq!(
+        texts(&tail),
+        [pair("stdout", "out 3"), pair("stderr", "err 1")]
+    );
+    let (by_task, _) = read_logs(&mut lab.control, &task.id[..10], Some(1)).await;
+    assert_eq!(texts(&by_task), [pair("stderr", "err 1")]);
+    let missing = lab
+        .control
+        .service_logs(ServiceLogsRequest {
+            reference: "nothing-here".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // Follow from the end: only the line written afterwards arrives, and nothing ends the stream.
+    let request = ServiceLogsRequest {
+        reference: "talker".into(),
+        follow: true,
+        tail: Some(0),
+        since_unix_nanos: None,
+    };
+    let mut follow = lab
+        .control
+        .service_logs(request)
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(shared.join("go"), b"").unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(15), follow.message())
+        .await
+        .expect("the new line arrives")
+        .unwrap()
+        .expect("the stream is open");
+    assert!(batch.warnings.is_empty(), "{:?}", batch.warnings);
+    assert_eq!(texts(&batch.messages), [pair("stdout", "late")]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), follow.message())
+            .await
+            .is_err(),
+        "a follower waits for more"
+    );
+    drop(follow);
+    // The reader left: readers that come later still work (the agent's publisher moved on).
+    let (again, _) = read_logs(&mut lab.control, "talker", Some(1)).await;
+    assert_eq!(texts(&again), [pair("stdout", "late")]);
+    lab.agent.abort();
+}
+
+async fn control_create(control: &mut ControlClient<Channel>, spec: ServiceSpec) {
+    control
+        .create_service(CreateServiceRequest {
+            spec: Some(spec),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
