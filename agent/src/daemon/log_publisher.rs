@@ -215,7 +215,10 @@ async fn produce(
         let Some((task_id, entry)) = next else { break };
         match entry {
             Ok(entry) => {
-                if sub.since_unix_nanos.is_some_and(|since| unix_nanos(&entry) < since) {
+                if sub
+                    .since_unix_nanos
+                    .is_some_and(|since| unix_nanos(&entry) < since)
+                {
                     continue;
                 }
                 batch.push(task_id, entry);

@@ -39,6 +39,11 @@ pub async fn run(
     on_addrs: AddrsHook,
     logs: Arc<dyn LogSource>,
 ) {
+    let local = Local {
+        inputs,
+        statuses,
+        logs,
+    };
     let mut addrs = cfg.manager_addrs.clone();
     let mut next = 0usize;
     let mut backoff = BACKOFF_MIN;
@@ -49,11 +54,7 @@ pub async fn run(
             continue;
         }
         let addr = addrs[next % addrs.len()].clone();
-        match session_once(
-            &cfg, &addr, &creds, &inputs, &statuses, &mut addrs, &on_addrs, &logs,
-        )
-        .await
-        {
+        match session_once(&cfg, &addr, &creds, &local, &mut addrs, &on_addrs).await {
             Outcome::Leader(leader) => {
                 tracing::info!(%addr, %leader, "following the leader");
                 if !addrs.contains(&leader) {
@@ -75,6 +76,14 @@ pub async fn run(
     }
 }
 
+/// What a session serves on this side: the executor's inputs, the statuses to report and the
+/// logs to publish.
+struct Local {
+    inputs: mpsc::Sender<Input>,
+    statuses: StatusQueue,
+    logs: Arc<dyn LogSource>,
+}
+
 enum Outcome {
     /// Not the leader: the leader's address.
     Leader(String),
@@ -86,11 +95,9 @@ async fn session_once(
     cfg: &SessionConfig,
     addr: &str,
     creds: &Credentials,
-    inputs: &mpsc::Sender<Input>,
-    statuses: &StatusQueue,
+    local: &Local,
     addrs: &mut Vec<String>,
     on_addrs: &AddrsHook,
-    logs: &Arc<dyn LogSource>,
 ) -> Outcome {
     let channel = match tokio::time::timeout(CONNECT_TIMEOUT, identity::connect(addr, creds)).await
     {
@@ -130,7 +137,10 @@ async fn session_once(
     let mut workers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let (period_tx, period_rx) = watch::channel(DEFAULT_HEARTBEAT);
     let mut opened = false;
-    let mut publisher = Publisher::new(logs.clone(), Arc::new(DispatcherSink(channel.clone())));
+    let mut publisher = Publisher::new(
+        local.logs.clone(),
+        Arc::new(DispatcherSink(channel.clone())),
+    );
     loop {
         let mut msg: SessionMessage = match stream.message().await {
             Ok(Some(m)) => m,
@@ -152,7 +162,11 @@ async fn session_once(
                 sid.clone(),
                 period_rx.clone(),
             )));
-            workers.push(tokio::spawn(report(channel.clone(), sid, statuses.clone())));
+            workers.push(tokio::spawn(report(
+                channel.clone(),
+                sid,
+                local.statuses.clone(),
+            )));
         }
         if msg.heartbeat_period_ms > 0 {
             period_tx.send_replace(Duration::from_millis(u64::from(msg.heartbeat_period_ms)));
@@ -180,7 +194,7 @@ async fn session_once(
                 removed: msg.removed,
             }
         };
-        if inputs.send(input).await.is_err() {
+        if local.inputs.send(input).await.is_err() {
             break;
         }
     }

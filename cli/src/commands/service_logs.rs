@@ -168,17 +168,17 @@ pub async fn run(args: LogsArgs, target: &Target) -> anyhow::Result<()> {
     let conn = target.connect().await?;
     let mut control = conn.control();
     let call = async {
-        let mut stream = match tokio::time::timeout(RPC_TIMEOUT, control.service_logs(request)).await
-        {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(anyhow!(status_message(&status))),
-            Err(_) => {
-                return Err(anyhow!(
-                    "the manager did not answer within {}s",
-                    RPC_TIMEOUT.as_secs()
-                ));
-            }
-        };
+        let mut stream =
+            match tokio::time::timeout(RPC_TIMEOUT, control.service_logs(request)).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => return Err(anyhow!(status_message(&status))),
+                Err(_) => {
+                    return Err(anyhow!(
+                        "the manager did not answer within {}s",
+                        RPC_TIMEOUT.as_secs()
+                    ));
+                }
+            };
         let stdout = std::io::stdout();
         let stderr = std::io::stderr();
         while let Some(batch) = stream
@@ -254,7 +254,9 @@ mod tests {
         };
         assert_eq!(text(format_line(&m, raw)), "hello world\n");
         // Global tasks: the node id in place of the slot.
-        assert!(text(format_line(&message("stdout", 0), style())).starts_with("web.00000000000000ff."));
+        assert!(
+            text(format_line(&message("stdout", 0), style())).starts_with("web.00000000000000ff.")
+        );
     }
 
     #[test]
