@@ -384,7 +384,13 @@ async fn service_logs_tail_and_follow() {
         let req = ListTasksRequest {
             filters: [("service".into(), "talker".into())].into(),
         };
-        let ts = lab.control.list_tasks(req).await.unwrap().into_inner().tasks;
+        let ts = lab
+            .control
+            .list_tasks(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
         if let Some(t) = ts.iter().find(|t| t.state == "running") {
             break t.clone();
         }
@@ -400,7 +406,11 @@ async fn service_logs_tail_and_follow() {
         if lines.len() >= 4 {
             break lines;
         }
-        assert!(Instant::now() < deadline, "lines so far: {:?}", texts(&lines));
+        assert!(
+            Instant::now() < deadline,
+            "lines so far: {:?}",
+            texts(&lines)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let pair = |s: &str, l: &str| (s.to_string(), l.to_string());
