@@ -10,6 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // The CLI prints API objects as JSON (`--format json`).
         .type_attribute(".cluster.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // Only create and update answers carry warnings: keep them out of other JSON.
+        .field_attribute(
+            ".cluster.v1.Service.warnings",
+            "#[serde(default, skip_serializing_if = \"Vec::is_empty\")]",
+        )
         .compile_protos(&["proto/cluster.proto"], &["proto"])?;
     Ok(())
 }

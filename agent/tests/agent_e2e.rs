@@ -143,6 +143,8 @@ async fn agent_runs_a_service_and_replaces_killed_tasks() {
         tuning: RaftTuning::default(),
         quorum_timeout: Duration::from_secs(5),
         dispatcher: DispatcherTiming::default(),
+        // The manager pins the service's image: the agent pulls it by digest.
+        insecure_registries: vec![registry.addr.clone()],
     };
     let placement = Placement {
         listen_addr: addr.clone(),
@@ -203,10 +205,19 @@ async fn agent_runs_a_service_and_replaces_killed_tasks() {
         stop_grace_period_ms: Some(1000),
         ..Default::default()
     };
-    control
-        .create_service(CreateServiceRequest { spec: Some(spec) })
+    let created = control
+        .create_service(CreateServiceRequest {
+            spec: Some(spec),
+            no_resolve_image: false,
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert!(created.warnings.is_empty(), "{:?}", created.warnings);
+    assert!(
+        created.spec.unwrap().image.contains("@sha256:"),
+        "the image is pinned"
+    );
 
     let ts = wait_tasks(&mut control, "2 running tasks", |ts| running(ts).len() == 2).await;
     let ids: Vec<String> = running(&ts).iter().map(|t| t.id.clone()).collect();
@@ -257,6 +268,7 @@ async fn start_lab(dir: &Path, registry: &support::Registry) -> Lab {
         tuning: RaftTuning::default(),
         quorum_timeout: Duration::from_secs(5),
         dispatcher: DispatcherTiming::default(),
+        insecure_registries: vec![registry.addr.clone()],
     };
     let placement = Placement {
         listen_addr: addr.clone(),

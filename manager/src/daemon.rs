@@ -5,6 +5,7 @@
 //! `raft.redb` (log and vote), `snapshot.bin`, and after `init` also `admin.json` for the CLI.
 
 use crate::api::dispatcher::{DispatcherService, DispatcherTiming};
+use crate::api::image_pin::{ImageResolver, RESOLVE_TIMEOUT};
 use crate::api::{ca_service::CaService, control_service::ControlService, raft_service::RaftService};
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::failover::{self, FailoverTiming};
@@ -45,6 +46,9 @@ pub struct ManagerConfig {
     pub join_addrs: Vec<String>,
     /// `init` finished bootstrapping, or `join` was accepted into the Raft group.
     pub ready: bool,
+    /// Registries (`host[:port]`) asked over plain http when pinning service images.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
 }
 
 impl ManagerConfig {
@@ -77,6 +81,10 @@ pub struct StartOptions {
     pub quorum_timeout: Duration,
     /// Agents' heartbeat period and the grace before a silent node is DOWN.
     pub dispatcher: DispatcherTiming,
+    /// Registries (`host[:port]`) reached over plain http to pin service images. `init` and
+    /// `join` save them in `manager.json`; at a restart a non-empty list replaces the saved one
+    /// and an empty one keeps it.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Where a new manager listens and what it tells its peers.
@@ -151,6 +159,7 @@ pub async fn init(options: &StartOptions, placement: &Placement) -> Result<Runni
         hostname: placement.hostname(),
         join_addrs: Vec::new(),
         ready: false,
+        insecure_registries: options.insecure_registries.clone(),
     };
     config.save(data_dir)?;
 
@@ -232,6 +241,7 @@ pub async fn join(options: &StartOptions, placement: &Placement, token_text: &st
         hostname: placement.hostname(),
         join_addrs,
         ready: false,
+        insecure_registries: options.insecure_registries.clone(),
     };
     config.save(data_dir)?;
     let running = start(options, config, creds.clone()).await?;
@@ -241,7 +251,11 @@ pub async fn join(options: &StartOptions, placement: &Placement, token_text: &st
 /// Restarts a manager from its data dir.
 pub async fn restart(options: &StartOptions) -> Result<RunningManager> {
     let data_dir = &options.data_dir;
-    let config = ManagerConfig::load(data_dir)?;
+    let mut config = ManagerConfig::load(data_dir)?;
+    if !options.insecure_registries.is_empty() && options.insecure_registries != config.insecure_registries {
+        config.insecure_registries = options.insecure_registries.clone();
+        config.save(data_dir)?;
+    }
     let creds = Credentials::load(&data_dir.join("node.json"))?;
     if !config.ready && config.join_addrs.is_empty() {
         bail!(
@@ -339,7 +353,11 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .add_service(ControlServer::new(ControlService { consensus: consensus.clone(), logs: dispatcher.log_broker() }))
+        .add_service(ControlServer::new(ControlService {
+            consensus: consensus.clone(),
+            logs: dispatcher.log_broker(),
+            images: ImageResolver::new(config.insecure_registries.clone(), RESOLVE_TIMEOUT),
+        }))
         .add_service(CaServer::new(CaService { consensus: consensus.clone() }))
         .add_service(DispatcherServer::new(dispatcher).max_encoding_message_size(MAX_MESSAGE));
     let (stop, stopped) = oneshot::channel::<()>();

@@ -41,6 +41,7 @@ impl TestManager {
             tuning: RaftTuning::default(),
             quorum_timeout: Duration::from_secs(5),
             dispatcher,
+            insecure_registries: Vec::new(),
         };
         let placement = Placement { listen_addr: addr.clone(), advertise_addr: None, hostname: Some("m1".into()) };
         let running = daemon::init(&options, &placement).await.unwrap();

@@ -18,7 +18,7 @@ use oci_client::secrets::RegistryAuth;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{ImageError, ImageRef, Result, io_err};
+use crate::{ImageRef, RegistryError, Result, io_err};
 
 /// Manifest media types we accept (image manifests and indexes, OCI and Docker v2).
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -28,7 +28,7 @@ pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// Per-agent registry settings.
+/// Registry settings of a client (an agent's pulls, a manager's digest resolution).
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
     /// Registries (`host[:port]`) that may be reached over plain http.
@@ -52,7 +52,7 @@ impl Default for RegistryConfig {
     }
 }
 
-/// A registry client shared by all pulls of an agent (cheap to clone).
+/// A registry client shared by all pulls of an agent or resolutions of a manager (cheap to clone).
 #[derive(Clone)]
 pub struct RegistryClient {
     client: oci_client::Client,
@@ -76,7 +76,7 @@ impl RegistryClient {
             ..Default::default()
         };
         let client =
-            oci_client::Client::try_from(oci_config).map_err(|e| ImageError::Registry {
+            oci_client::Client::try_from(oci_config).map_err(|e| RegistryError::Registry {
                 image: String::new(),
                 registry: String::new(),
                 reason: format!("cannot build http client: {}", chain(&e)),
@@ -107,8 +107,8 @@ impl RegistryClient {
             .fetch_manifest_digest(&image.to_oci(), &self.auth(image))
             .await
             .map_err(|e| self.error(image, e))?;
-        if super::digest_hex(&digest).is_none() {
-            return Err(ImageError::Unsupported {
+        if crate::digest_hex(&digest).is_none() {
+            return Err(RegistryError::Unsupported {
                 image: image.to_string(),
                 reason: format!("registry returned unsupported digest {digest:?}"),
             });
@@ -127,7 +127,7 @@ impl RegistryClient {
         if let Some(expected) = &image.digest
             && *expected != actual
         {
-            return Err(ImageError::DigestMismatch {
+            return Err(RegistryError::DigestMismatch {
                 image: image.to_string(),
                 expected: expected.clone(),
                 actual,
@@ -182,7 +182,7 @@ impl RegistryClient {
             let chunk = chunk.map_err(|e| self.stream_error(image, digest, e))?;
             written += chunk.len() as u64;
             if size > 0 && written > size {
-                return Err(ImageError::Registry {
+                return Err(RegistryError::Registry {
                     image: image.to_string(),
                     registry: image.registry.clone(),
                     reason: format!("blob {digest} is larger than its declared size {size}"),
@@ -195,7 +195,7 @@ impl RegistryClient {
         }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
-            return Err(ImageError::DigestMismatch {
+            return Err(RegistryError::DigestMismatch {
                 image: image.to_string(),
                 expected: digest.to_string(),
                 actual,
@@ -205,17 +205,17 @@ impl RegistryClient {
         Ok(())
     }
 
-    fn stream_error(&self, image: &ImageRef, digest: &str, e: std::io::Error) -> ImageError {
+    fn stream_error(&self, image: &ImageRef, digest: &str, e: std::io::Error) -> RegistryError {
         if let Some(DigestError::VerificationError { actual, .. }) =
             e.get_ref().and_then(|i| i.downcast_ref::<DigestError>())
         {
-            return ImageError::DigestMismatch {
+            return RegistryError::DigestMismatch {
                 image: image.to_string(),
                 expected: digest.to_string(),
                 actual: actual.clone(),
             };
         }
-        ImageError::Registry {
+        RegistryError::Registry {
             image: image.to_string(),
             registry: image.registry.clone(),
             reason: format!("downloading {digest}: {}", chain(&e)),
@@ -223,14 +223,14 @@ impl RegistryClient {
     }
 
     /// Turns an oci-client error into a message naming the image and the registry's reason.
-    fn error(&self, image: &ImageRef, e: OciDistributionError) -> ImageError {
+    fn error(&self, image: &ImageRef, e: OciDistributionError) -> RegistryError {
         let registry = image.registry.clone();
         let reason = match &e {
             OciDistributionError::DigestError(DigestError::VerificationError {
                 expected,
                 actual,
             }) => {
-                return ImageError::DigestMismatch {
+                return RegistryError::DigestMismatch {
                     image: image.to_string(),
                     expected: expected.clone(),
                     actual: actual.clone(),
@@ -298,7 +298,7 @@ impl RegistryClient {
             }
             _ => chain(&e),
         };
-        ImageError::Registry {
+        RegistryError::Registry {
             image: image.to_string(),
             registry,
             reason,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{ImageError, Result, digest_hex};
+use crate::{RegistryError, Result, digest_hex};
 
 /// The registry used when a reference names none.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
@@ -25,7 +25,7 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses a reference string.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |reason: &str| ImageError::InvalidReference {
+        let bad = |reason: &str| RegistryError::InvalidReference {
             reference: s.to_string(),
             reason: reason.to_string(),
         };
@@ -129,7 +129,7 @@ impl ImageRef {
 }
 
 impl FromStr for ImageRef {
-    type Err = ImageError;
+    type Err = RegistryError;
     fn from_str(s: &str) -> Result<Self> {
         ImageRef::parse(s)
     }
@@ -145,6 +145,30 @@ impl fmt::Display for ImageRef {
             write!(f, "@{d}")?;
         }
         Ok(())
+    }
+}
+
+/// `original` pinned to `digest`, keeping the user's spelling: `busybox` becomes
+/// `busybox:latest@sha256:...` (as Swarm records it), `reg:5000/a/b:1` becomes
+/// `reg:5000/a/b:1@sha256:...`. An `original` that already carries a digest has it replaced.
+pub fn pinned_reference(original: &str, digest: &str) -> String {
+    let name_tag = original.split_once('@').map_or(original, |(n, _)| n);
+    let last = name_tag.rfind('/').map_or(0, |i| i + 1);
+    if name_tag[last..].contains(':') {
+        format!("{name_tag}@{digest}")
+    } else {
+        format!("{name_tag}:latest@{digest}")
+    }
+}
+
+/// Checks a registry address as given to `--insecure-registry`: `host[:port]`.
+pub fn validate_registry_host(host: &str) -> std::result::Result<(), String> {
+    if valid_host(host) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a registry address: expected host[:port], e.g. registry.local:5000"
+        ))
     }
 }
 
@@ -244,6 +268,40 @@ mod tests {
             (o.registry(), o.repository(), o.tag()),
             ("localhost:5000", "a/b", Some("v1"))
         );
+    }
+
+    #[test]
+    fn pinned_reference_keeps_the_spelling() {
+        assert_eq!(
+            pinned_reference("busybox", D),
+            format!("busybox:latest@{D}")
+        );
+        assert_eq!(
+            pinned_reference("127.0.0.1:5000/a/b:1", D),
+            format!("127.0.0.1:5000/a/b:1@{D}")
+        );
+        assert_eq!(
+            pinned_reference("127.0.0.1:5000/a/b", D),
+            format!("127.0.0.1:5000/a/b:latest@{D}")
+        );
+        let pinned = pinned_reference("localhost:5000/x", D);
+        assert_eq!(ImageRef::parse(&pinned).unwrap().digest.as_deref(), Some(D));
+    }
+
+    #[test]
+    fn registry_hosts() {
+        for ok in [
+            "registry.local:5000",
+            "10.0.0.1:5000",
+            "localhost",
+            "docker.io",
+        ] {
+            assert!(validate_registry_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "http://reg:5000", "reg:port", "reg:5000/x", "a b"] {
+            let e = validate_registry_host(bad).unwrap_err();
+            assert!(e.contains("host[:port]"), "{bad}: {e}");
+        }
     }
 
     #[test]

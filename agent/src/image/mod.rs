@@ -1,27 +1,30 @@
 //! Images on the agent: references, registry access, the on-disk store of verified blobs and
 //! unpacked layers, and overlayfs root filesystems built from them.
 //!
+//! References and the registry client live in the `registry` crate (the manager uses them too)
+//! and are re-exported here.
+//!
 //! The usual flow: the manager pins `service create`'s image with [`RegistryClient::resolve_digest`]
 //! (or [`ImageStore::pin`]); the agent calls [`ImageStore::ensure_image`] with the pinned reference
 //! (warm images need no network) and [`mount_rootfs`] for each container.
 
 mod layer;
 mod manifest;
-pub mod reference;
-pub mod registry;
 pub mod rootfs;
 pub mod store;
 
 pub use layer::unpack_layer;
 pub use manifest::{ImageConfig, host_arch};
-pub use reference::ImageRef;
-pub use registry::{RegistryClient, RegistryConfig};
+pub use registry::{ImageRef, RegistryClient, RegistryConfig, RegistryError, digest_hex};
 pub use rootfs::{Rootfs, mount_rootfs};
 pub use store::{GcStats, Image, ImageStore};
 
 use std::path::PathBuf;
 
 /// Everything that can go wrong with images. Messages are meant for users (`service ps`).
+///
+/// The first four variants mirror [`RegistryError`]'s (see the `From` conversion), so a registry
+/// failure reads and matches the same whether it comes from the client or from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The reference string cannot be parsed.
@@ -68,6 +71,46 @@ pub enum ImageError {
     Mount { path: PathBuf, reason: String },
 }
 
+impl From<RegistryError> for ImageError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::InvalidReference { reference, reason } => {
+                ImageError::InvalidReference { reference, reason }
+            }
+            RegistryError::Registry {
+                image,
+                registry,
+                reason,
+            } => ImageError::Registry {
+                image,
+                registry,
+                reason,
+            },
+            RegistryError::DigestMismatch {
+                image,
+                expected,
+                actual,
+            } => ImageError::DigestMismatch {
+                image,
+                expected,
+                actual,
+            },
+            RegistryError::Unsupported { image, reason } => {
+                ImageError::Unsupported { image, reason }
+            }
+            RegistryError::Io {
+                context,
+                path,
+                source,
+            } => ImageError::Io {
+                context,
+                path,
+                source,
+            },
+        }
+    }
+}
+
 /// Result with [`ImageError`].
 pub type Result<T> = std::result::Result<T, ImageError>;
 
@@ -81,14 +124,4 @@ pub(crate) fn io_err(
         path,
         source,
     }
-}
-
-/// Checks that `digest` is `sha256:<64 lowercase hex>` and returns the hex part.
-pub fn digest_hex(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then_some(hex)
 }

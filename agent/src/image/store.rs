@@ -96,9 +96,10 @@ impl ImageStore {
 
     /// Resolves `reference` to its manifest (or index) digest at the registry.
     pub async fn resolve_digest(&self, reference: &str) -> Result<String> {
-        self.registry
+        Ok(self
+            .registry
             .resolve_digest(&ImageRef::parse(reference)?)
-            .await
+            .await?)
     }
 
     /// Resolves `reference` and returns it pinned: `registry/repo:tag@sha256:...`.

@@ -181,6 +181,9 @@ pub struct CreateArgs {
     /// vip or dnsrr.
     #[arg(long = "endpoint-mode", value_enum)]
     pub endpoint_mode: Option<EndpointMode>,
+    /// Do not ask the image's registry for its digest: each node resolves the tag itself.
+    #[arg(long = "no-resolve-image")]
+    pub no_resolve_image: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// Image to run.
@@ -278,6 +281,9 @@ pub struct UpdateArgs {
     /// Replace the tasks even if nothing changed.
     #[arg(long)]
     pub force: bool,
+    /// Do not ask the new image's registry for its digest: each node resolves the tag itself.
+    #[arg(long = "no-resolve-image")]
+    pub no_resolve_image: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// Service id, unique id prefix or name.
@@ -398,12 +404,24 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
 async fn create(args: CreateArgs, target: &Target) -> anyhow::Result<()> {
     let spec = create_spec(&args)?;
     let mut client = target.connect().await?.control();
-    let service = rpc(client.create_service(CreateServiceRequest { spec: Some(spec) })).await?;
+    let service = rpc(client.create_service(CreateServiceRequest {
+        spec: Some(spec),
+        no_resolve_image: args.no_resolve_image,
+    }))
+    .await?;
+    print_warnings(&service);
     print(&format!("{}\n", service.id))?;
     if !args.wait.detach {
         wait_converged(&mut client, &service.id, args.wait.timeout).await?;
     }
     Ok(())
+}
+
+/// Prints the warnings of a create or update (e.g. an image that could not be pinned) on stderr.
+fn print_warnings(service: &Service) {
+    for warning in &service.warnings {
+        eprintln!("{warning}");
+    }
 }
 
 /// Polls the service until it converges, printing a progress line on stderr whenever it
@@ -572,6 +590,8 @@ async fn scale(args: ScaleArgs, target: &Target) -> anyhow::Result<()> {
                 version: service.version,
                 spec: Some(spec),
                 force: false,
+                // The image is unchanged: the manager keeps it as recorded.
+                no_resolve_image: false,
             }))
             .await?;
             print(&format!("{reference} scaled to {replicas}\n"))?;
@@ -660,8 +680,10 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         version: service.version,
         spec: Some(spec),
         force: args.force,
+        no_resolve_image: args.no_resolve_image,
     }))
     .await?;
+    print_warnings(&updated);
     print(&format!("{}\n", args.service))?;
     if !args.wait.detach {
         wait_converged(&mut client, &updated.id, args.wait.timeout).await?;

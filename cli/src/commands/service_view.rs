@@ -15,6 +15,15 @@ pub fn short_id(id: &str) -> &str {
     id.get(..SHORT_ID).unwrap_or(id)
 }
 
+/// An image as tables show it: without the `@sha256:...` the manager pinned, unless `no_trunc`.
+pub fn display_image(image: &str, no_trunc: bool) -> &str {
+    if no_trunc {
+        image
+    } else {
+        image.split_once('@').map_or(image, |(name, _)| name)
+    }
+}
+
 /// The service's mode, "replicated" when unset.
 pub fn mode_kind(spec: &ServiceSpec) -> &str {
     match spec.mode.as_ref().map(|m| m.kind.as_str()) {
@@ -86,7 +95,7 @@ pub fn services_table(services: &[Service]) -> String {
             spec.name.clone(),
             mode_kind(&spec).to_string(),
             replicas(s),
-            spec.image.clone(),
+            display_image(&spec.image, false).to_string(),
             ports(&spec),
         ]
     });
@@ -211,7 +220,10 @@ pub fn tasks_table(
                 short_id(&t.id).to_string()
             },
             shown,
-            images.get(&t.service_id).cloned().unwrap_or_default(),
+            images
+                .get(&t.service_id)
+                .map(|i| display_image(i, no_trunc).to_string())
+                .unwrap_or_default(),
             node,
             capitalize(&t.desired_state),
             current_state(t, now_ms),

@@ -2,6 +2,7 @@
 //! which forward membership calls to the leader) only.
 
 use super::convert::{ManagerView, membership, node_to_proto, reachability};
+use super::image_pin::ImageResolver;
 use super::log_broker::LogBroker;
 use super::{service_logs, services};
 use crate::consensus::{Consensus, MAX_MESSAGE};
@@ -25,6 +26,8 @@ pub struct ControlService {
     pub consensus: Consensus,
     /// The leader's log broker (the Dispatcher's), for `ServiceLogs`.
     pub logs: Arc<LogBroker>,
+    /// Pins service images to digests at create and update.
+    pub images: ImageResolver,
 }
 
 const CONTROL_ROLES: &[Role] = &[Role::Admin, Role::Manager];
@@ -338,12 +341,12 @@ impl Control for ControlService {
 
     async fn create_service(&self, request: Request<pb::CreateServiceRequest>) -> Result<Response<pb::Service>, Status> {
         require_role(&request, CONTROL_ROLES)?;
-        services::create(&self.consensus, request.into_inner()).await.map(Response::new)
+        services::create(&self.consensus, &self.images, request.into_inner()).await.map(Response::new)
     }
 
     async fn update_service(&self, request: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::Service>, Status> {
         require_role(&request, CONTROL_ROLES)?;
-        services::update(&self.consensus, request.into_inner()).await.map(Response::new)
+        services::update(&self.consensus, &self.images, request.into_inner()).await.map(Response::new)
     }
 
     async fn remove_service(

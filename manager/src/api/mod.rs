@@ -4,6 +4,7 @@ pub mod ca_service;
 pub mod control_service;
 pub mod convert;
 pub mod dispatcher;
+pub mod image_pin;
 pub mod log_broker;
 pub mod raft_service;
 pub mod service_logs;

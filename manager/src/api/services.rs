@@ -1,6 +1,7 @@
 //! The service and task calls of the `Control` service: create, update, remove, get and list
 //! services (by id, unique id prefix or name), and list tasks with filters.
 
+use super::image_pin::ImageResolver;
 use super::service_spec::{spec_from_proto, spec_to_proto};
 use crate::consensus::Consensus;
 use crate::ids::new_id;
@@ -54,6 +55,7 @@ pub fn service_to_proto(store: &Store, service: &Service) -> pb::Service {
         desired,
         completed,
         job_iteration: service.job_iteration,
+        warnings: Vec::new(),
     }
 }
 
@@ -87,9 +89,21 @@ async fn read_back(consensus: &Consensus, id: &str) -> Result<pb::Service, Statu
         .ok_or_else(|| Status::not_found(format!("service {id} was removed meanwhile")))
 }
 
-pub async fn create(consensus: &Consensus, request: pb::CreateServiceRequest) -> Result<pb::Service, Status> {
+/// Creates a service. Its image is pinned to a digest first unless the request says not to (see
+/// [`super::image_pin`]); a failed resolution is a warning in the answer, not an error.
+pub async fn create(
+    consensus: &Consensus,
+    images: &ImageResolver,
+    request: pb::CreateServiceRequest,
+) -> Result<pb::Service, Status> {
     let spec = request.spec.ok_or_else(|| Status::invalid_argument("invalid service spec: spec: required"))?;
-    let valid = spec_from_proto(&spec)?;
+    let mut valid = spec_from_proto(&spec)?;
+    if consensus.state.read().services.values().any(|s| s.name == valid.name) {
+        // Checked again by the state machine; refusing here spares a registry round trip.
+        return Err(Status::already_exists(format!("service name {:?} is already in use", valid.name)));
+    }
+    let warnings: Vec<String> =
+        images.pin(&mut valid.spec.image, None, request.no_resolve_image).await?.into_iter().collect();
     let service = Service {
         meta: Meta { id: new_id(), ..Meta::default() },
         name: valid.name,
@@ -101,10 +115,16 @@ pub async fn create(consensus: &Consensus, request: pb::CreateServiceRequest) ->
     let id = service.meta.id.clone();
     consensus.write(Op::Batch(vec![Change::Create(Object::Service(service))])).await?;
     tracing::info!(service = %id, "service created");
-    read_back(consensus, &id).await
+    Ok(pb::Service { warnings, ..read_back(consensus, &id).await? })
 }
 
-pub async fn update(consensus: &Consensus, request: pb::UpdateServiceRequest) -> Result<pb::Service, Status> {
+/// Updates a service. A changed image is pinned as in [`create`]; an unchanged one is kept as the
+/// service has it.
+pub async fn update(
+    consensus: &Consensus,
+    images: &ImageResolver,
+    request: pb::UpdateServiceRequest,
+) -> Result<pb::Service, Status> {
     let mut spec = request.spec.ok_or_else(|| Status::invalid_argument("invalid service spec: spec: required"))?;
     let (current, live) = consensus
         .read(|store| {
@@ -118,7 +138,7 @@ pub async fn update(consensus: &Consensus, request: pb::UpdateServiceRequest) ->
     if spec.name.is_empty() {
         spec.name = current.name.clone();
     }
-    let valid = spec_from_proto(&spec)?;
+    let mut valid = spec_from_proto(&spec)?;
     if valid.name != current.name {
         return Err(Status::invalid_argument(format!(
             "invalid service spec: spec.name: a service cannot be renamed (it is {:?})",
@@ -137,6 +157,11 @@ pub async fn update(consensus: &Consensus, request: pb::UpdateServiceRequest) ->
             current.name, request.version, current.meta.version
         )));
     }
+    let warnings: Vec<String> = images
+        .pin(&mut valid.spec.image, Some(&current.spec.image), request.no_resolve_image)
+        .await?
+        .into_iter()
+        .collect();
     let mut updated = current.clone();
     if valid.spec != current.spec {
         updated.previous_spec = Some(Box::new(current.spec.clone()));
@@ -161,7 +186,7 @@ pub async fn update(consensus: &Consensus, request: pb::UpdateServiceRequest) ->
     changes.insert(0, Change::Update { object: Object::Service(updated), expected_version: Some(current.meta.version) });
     consensus.write(Op::Batch(changes)).await?;
     tracing::info!(service = %id, force = request.force, "service updated");
-    read_back(consensus, &id).await
+    Ok(pb::Service { warnings, ..read_back(consensus, &id).await? })
 }
 
 pub async fn remove(consensus: &Consensus, request: pb::RemoveServiceRequest) -> Result<pb::RemoveServiceResponse, Status> {

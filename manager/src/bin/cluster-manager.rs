@@ -87,6 +87,15 @@ struct CommonArgs {
     /// (default: 3 heartbeat periods).
     #[arg(long)]
     node_down_after_ms: Option<u64>,
+    /// A registry (host:port) reached over plain http when pinning service images to digests;
+    /// repeatable. Saved in the data dir: `run` keeps the saved list unless this flag is given.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = parse_registry_host)]
+    insecure_registries: Vec<String>,
+}
+
+/// Checks one `--insecure-registry` value.
+fn parse_registry_host(value: &str) -> Result<String, String> {
+    registry::validate_registry_host(value).map(|()| value.to_string())
 }
 
 impl CommonArgs {
@@ -105,6 +114,7 @@ impl CommonArgs {
                 heartbeat_period: Duration::from_millis(self.agent_heartbeat_ms.max(1)),
                 grace: Duration::from_millis(self.node_down_after_ms.unwrap_or(3 * self.agent_heartbeat_ms.max(1))),
             },
+            insecure_registries: self.insecure_registries.clone(),
         }
     }
 }

@@ -106,7 +106,7 @@ async fn agents_run_tasks_and_a_silent_node_loses_them() {
         ..Default::default()
     };
     let mut control = ControlClient::new(manager.admin_channel().await);
-    let web = control.create_service(pb::CreateServiceRequest { spec: Some(spec) }).await.unwrap().into_inner();
+    let web = control.create_service(pb::CreateServiceRequest { spec: Some(spec), no_resolve_image: true }).await.unwrap().into_inner();
 
     let on_a = next_assignment(&mut a).await;
     let on_b = next_assignment(&mut b).await;

@@ -29,19 +29,19 @@ async fn create_list_get_scale_remove_round_trip() {
     // Invalid: refused with the field named, nothing written.
     let mut bad = spec("web", 2);
     bad.placement = Some(pb::Placement { constraints: vec!["node.colour==red".into()], ..Default::default() });
-    let status = control.create_service(pb::CreateServiceRequest { spec: Some(bad) }).await.unwrap_err();
+    let status = control.create_service(pb::CreateServiceRequest { spec: Some(bad), no_resolve_image: true }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("spec.placement.constraints[0]"), "{}", status.message());
     let listed = control.list_services(pb::ListServicesRequest::default()).await.unwrap().into_inner();
     assert!(listed.services.is_empty());
 
-    let web = control.create_service(pb::CreateServiceRequest { spec: Some(spec("web", 2)) }).await.unwrap().into_inner();
+    let web = control.create_service(pb::CreateServiceRequest { spec: Some(spec("web", 2)), no_resolve_image: true }).await.unwrap().into_inner();
     assert_eq!(web.id.len(), 25);
     assert_eq!(web.desired, 2);
     assert_eq!(web.spec.as_ref().map(|s| s.name.as_str()), Some("web"));
-    let status = control.create_service(pb::CreateServiceRequest { spec: Some(spec("web", 1)) }).await.unwrap_err();
+    let status = control.create_service(pb::CreateServiceRequest { spec: Some(spec("web", 1)), no_resolve_image: true }).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{}", status.message());
-    control.create_service(pb::CreateServiceRequest { spec: Some(spec("db", 1)) }).await.unwrap();
+    control.create_service(pb::CreateServiceRequest { spec: Some(spec("db", 1)), no_resolve_image: true }).await.unwrap();
 
     let worker = manager.add_worker("w1").await;
     let web_id = web.id.clone();
@@ -88,6 +88,7 @@ async fn create_list_get_scale_remove_round_trip() {
         version,
         spec: Some(spec("web", 5)),
         force: false,
+        no_resolve_image: false,
     };
     let status = control.update_service(scale(current.version - 1)).await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted, "{}", status.message());
