@@ -14,6 +14,7 @@ mod membership;
 mod quorum;
 mod security;
 mod service_cli;
+mod service_logs;
 
 /// The node record the tests write labels on (the first manager, by hostname).
 pub const TARGET: &str = "m1";
