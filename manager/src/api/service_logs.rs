@@ -137,3 +137,39 @@ async fn forward(mut subscription: Subscription, follow: bool, outgoing: Outgoin
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::testkit::{Sim, replicated};
+
+    #[test]
+    fn selects_started_tasks_of_a_service_or_one_task() {
+        let mut sim = Sim::new();
+        let n1 = sim.add_node("h1");
+        let n2 = sim.add_node("h2");
+        let web = sim.add_service("web", replicated(3));
+        let other = sim.add_service("other", replicated(1));
+        sim.converge();
+        // One task of web has not started yet: it has no logs to ask for.
+        let waiting = sim.tasks(&web)[2].meta.id.clone();
+        sim.set_state(&waiting, TaskState::Assigned);
+
+        let tasks = select_tasks(&sim.store, "web").unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert!(tasks.iter().all(|t| t.task_id != waiting && t.service_name == "web"));
+        assert!(tasks.iter().all(|t| (t.node_id == n1 && t.node_hostname == "h1") || (t.node_id == n2 && t.node_hostname == "h2")));
+        let mut slots: Vec<u64> = tasks.iter().map(|t| t.slot).collect();
+        slots.sort();
+        assert_eq!(slots, [1, 2]);
+        assert_eq!(select_tasks(&sim.store, &web).unwrap().len(), 2, "by service id");
+
+        let one = sim.tasks(&other)[0].meta.id.clone();
+        let by_task = select_tasks(&sim.store, &one).unwrap();
+        assert_eq!(by_task.len(), 1);
+        assert_eq!((by_task[0].task_id.as_str(), by_task[0].service_name.as_str()), (one.as_str(), "other"));
+
+        assert_eq!(select_tasks(&sim.store, "nothing").unwrap_err().code(), tonic::Code::NotFound);
+        assert_eq!(select_tasks(&sim.store, "task-").unwrap_err().code(), tonic::Code::InvalidArgument, "ambiguous");
+    }
+}
