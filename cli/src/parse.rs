@@ -93,6 +93,9 @@ pub const SERVICE_FILTER_KEYS: [&str; 4] = ["id", "name", "label", "mode"];
 /// The filter keys `service ps` accepts.
 pub const TASK_FILTER_KEYS: [&str; 3] = ["id", "node", "desired-state"];
 
+/// The filter keys `node ps` accepts (the nodes are its arguments).
+pub const NODE_TASK_FILTER_KEYS: [&str; 3] = ["id", "service", "desired-state"];
+
 /// A docker-style duration: `1h30m`, `500ms`, `1.5s`, `0`. Units: ns, us (µs), ms, s, m, h.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let bad = |why: &str| format!("invalid duration {text:?}: {why} (e.g. 500ms, 10s, 1m30s)");

@@ -7,6 +7,7 @@ mod node_view;
 pub mod service;
 mod service_logs;
 mod service_view;
+mod task_list;
 
 use std::future::Future;
 

@@ -1,18 +1,28 @@
-//! `cluster node ls|inspect|update|promote|demote|rm`.
+//! `cluster node ls|inspect|ps|update|promote|demote|rm`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use proto::v1::{GetNodeRequest, ListNodesRequest, Node, RemoveNodeRequest, UpdateNodeRequest};
+use proto::v1::control_client::ControlClient;
+use proto::v1::{
+    GetNodeRequest, InfoRequest, ListNodesRequest, ListServicesRequest, ListTasksRequest, Node,
+    RemoveNodeRequest, UpdateNodeRequest,
+};
+use tonic::transport::Channel;
 
 use super::for_each_ref;
 use super::node_view::{inspect_pretty, nodes_table, sort_nodes};
+use super::task_list::{self, Listing, merge};
 use crate::connect::{Target, rpc};
-use crate::output::{Format, InspectFormat, json, print, print_inspected};
+use crate::output::{Format, InspectFormat, json, node_id, print, print_inspected};
 use crate::parse::{
-    NODE_FILTER_KEYS, filter_map, parse_availability, parse_filter, parse_label, parse_label_key,
+    NODE_FILTER_KEYS, NODE_TASK_FILTER_KEYS, filter_map, parse_availability, parse_filter,
+    parse_label, parse_label_key,
 };
+
+/// The node reference that means "the manager this command talks to" (as in docker).
+const SELF: &str = "self";
 
 /// Manage the cluster's nodes.
 #[derive(Debug, Subcommand)]
@@ -22,6 +32,8 @@ pub enum NodeCommand {
     Ls(LsArgs),
     /// Show one or more nodes in detail (JSON by default).
     Inspect(InspectArgs),
+    /// List the tasks on one or more nodes (default: the manager this command talks to).
+    Ps(PsArgs),
     /// Change a node's availability or labels.
     Update(UpdateArgs),
     /// Make workers managers.
@@ -56,6 +68,26 @@ pub struct InspectArgs {
     pub format: InspectFormat,
     /// Node ids, unique id prefixes or hostnames.
     #[arg(required = true, value_name = "NODE")]
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Only print task ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Filter: id=PREFIX, service=SERVICE, desired-state=STATE.
+    #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_filter)]
+    pub filter: Vec<(String, String)>,
+    /// Do not truncate ids, errors and images.
+    #[arg(long = "no-trunc")]
+    pub no_trunc: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Node ids, unique id prefixes or hostnames; `self` (the default) is the manager this
+    /// command talks to.
+    #[arg(value_name = "NODE")]
     pub nodes: Vec<String>,
 }
 
@@ -97,6 +129,7 @@ pub async fn run(command: NodeCommand, target: &Target) -> anyhow::Result<()> {
     match command {
         NodeCommand::Ls(args) => ls(args, target).await,
         NodeCommand::Inspect(args) => inspect(args, target).await,
+        NodeCommand::Ps(args) => ps(args, target).await,
         NodeCommand::Update(args) => update(args, target).await,
         NodeCommand::Promote(args) => promote(args, target, true).await,
         NodeCommand::Demote(args) => promote(args, target, false).await,
@@ -131,6 +164,66 @@ async fn inspect(args: InspectArgs, target: &Target) -> anyhow::Result<()> {
     .await;
     let pretty = args.pretty || args.format == InspectFormat::Pretty;
     print_inspected(&nodes, pretty, inspect_pretty)?;
+    failed.map_or(Ok(()), |r| Err(r.into()))
+}
+
+/// The node `reference` names; [`SELF`] is the manager answering on `client`.
+async fn find_node(client: &mut ControlClient<Channel>, reference: &str) -> anyhow::Result<Node> {
+    let reference = if reference == SELF {
+        let answered_by = rpc(client.info(InfoRequest {})).await?.answered_by;
+        if answered_by == 0 {
+            bail!("the manager did not say which node it is");
+        }
+        node_id(answered_by)
+    } else {
+        reference.to_string()
+    };
+    rpc(client.get_node(GetNodeRequest { reference })).await
+}
+
+/// The references `node ps` lists: the arguments, or [`SELF`] when there are none.
+fn ps_references(nodes: &[String]) -> Vec<String> {
+    if nodes.is_empty() {
+        vec![SELF.to_string()]
+    } else {
+        nodes.to_vec()
+    }
+}
+
+async fn ps(args: PsArgs, target: &Target) -> anyhow::Result<()> {
+    let filters = filter_map(&args.filter, &NODE_TASK_FILTER_KEYS).map_err(anyhow::Error::msg)?;
+    let mut client = target.connect().await?.control();
+    let (found, failed) = for_each_ref(&ps_references(&args.nodes), |reference| {
+        let mut client = client.clone();
+        let mut filters = filters.clone();
+        async move {
+            let node = find_node(&mut client, &reference).await?;
+            filters.insert("node".to_string(), node.id);
+            Ok(rpc(client.list_tasks(ListTasksRequest { filters }))
+                .await?
+                .tasks)
+        }
+    })
+    .await;
+    let tasks = merge(found);
+    let listing = Listing {
+        quiet: args.quiet,
+        format: args.format,
+        no_trunc: args.no_trunc,
+    };
+    // The IMAGE column shows each task's service image.
+    let images = if !tasks.is_empty() && !args.quiet && args.format == Format::Table {
+        rpc(client.list_services(ListServicesRequest::default()))
+            .await?
+            .services
+            .into_iter()
+            .map(|s| (s.id, s.spec.map(|spec| spec.image).unwrap_or_default()))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let text = task_list::render(&mut client, tasks, &images, listing).await?;
+    print(&text)?;
     failed.map_or(Ok(()), |r| Err(r.into()))
 }
 
@@ -230,6 +323,43 @@ mod tests {
         assert_eq!(req.labels_remove, vec!["c".to_string()]);
         let unchanged = update_request(&args(None, &[("a", "1")], &[])).unwrap();
         assert_eq!(unchanged.availability, "");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Wrap {
+        #[command(subcommand)]
+        command: NodeCommand,
+    }
+
+    fn ps_args(args: &[&str]) -> PsArgs {
+        let all = ["node", "ps"].iter().chain(args);
+        match <Wrap as clap::Parser>::try_parse_from(all).unwrap().command {
+            NodeCommand::Ps(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ps_defaults_to_self_and_takes_the_listing_flags() {
+        let args = ps_args(&[]);
+        assert_eq!(ps_references(&args.nodes), ["self"]);
+        assert!(!args.quiet && !args.no_trunc && args.format == Format::Table);
+        let args = ps_args(&[
+            "-q",
+            "--no-trunc",
+            "--format",
+            "json",
+            "-f",
+            "desired-state=running",
+            "h1",
+            "self",
+        ]);
+        assert_eq!(ps_references(&args.nodes), ["h1", "self"]);
+        assert!(args.quiet && args.no_trunc && args.format == Format::Json);
+        let filters = filter_map(&args.filter, &NODE_TASK_FILTER_KEYS).unwrap();
+        assert_eq!(filters["desired-state"], "running");
+        let err = filter_map(&[("node".into(), "h1".into())], &NODE_TASK_FILTER_KEYS).unwrap_err();
+        assert!(err.contains("unknown filter \"node\""), "{err}");
     }
 
     #[test]

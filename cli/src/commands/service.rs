@@ -1,23 +1,23 @@
 //! `cluster service create|ls|ps|inspect|scale|update|rm` (`logs` is in `service_logs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
-    CreateServiceRequest, EndpointSpec, GetServiceRequest, ListNodesRequest, ListServicesRequest,
-    ListTasksRequest, Mount, Placement, PortConfig, RemoveServiceRequest, ResourceAmounts,
-    Resources, RestartPolicy, Service, ServiceMode, ServiceSpec, Task, UpdateServiceRequest,
+    CreateServiceRequest, EndpointSpec, GetServiceRequest, ListServicesRequest, ListTasksRequest,
+    Mount, Placement, PortConfig, RemoveServiceRequest, ResourceAmounts, Resources, RestartPolicy,
+    Service, ServiceMode, ServiceSpec, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 
 use super::for_each_ref;
 use super::service_view::{
-    converged, inspect_pretty, mode_kind, progress, services_table, sort_services, sort_tasks,
-    tasks_table,
+    converged, inspect_pretty, mode_kind, progress, services_table, sort_services,
 };
+use super::task_list::{self, Listing, merge};
 use crate::connect::{Target, rpc};
 use crate::output::{Format, InspectFormat, json, print, print_inspected};
 use crate::parse::{
@@ -480,12 +480,6 @@ async fn ls(args: LsArgs, target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 async fn ps(args: PsArgs, target: &Target) -> anyhow::Result<()> {
     let filters = filter_map(&args.filter, &TASK_FILTER_KEYS).map_err(anyhow::Error::msg)?;
     let client = target.connect().await?.control();
@@ -506,41 +500,20 @@ async fn ps(args: PsArgs, target: &Target) -> anyhow::Result<()> {
     })
     .await;
     let mut images = HashMap::new();
-    let mut tasks: Vec<Task> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (service, service_tasks) in found {
+    let mut lists = Vec::new();
+    for (service, tasks) in found {
         images.insert(
             service.id.clone(),
             service.spec.map(|s| s.image).unwrap_or_default(),
         );
-        tasks.extend(
-            service_tasks
-                .into_iter()
-                .filter(|t| seen.insert(t.id.clone())),
-        );
+        lists.push(tasks);
     }
-    sort_tasks(&mut tasks);
-    let text = if args.quiet {
-        tasks.iter().map(|t| format!("{}\n", t.id)).collect()
-    } else {
-        match args.format {
-            Format::Json => json(&tasks)?,
-            Format::Table => {
-                let mut client = client.clone();
-                let nodes = if tasks.iter().any(|t| !t.node_id.is_empty()) {
-                    rpc(client.list_nodes(ListNodesRequest::default()))
-                        .await?
-                        .nodes
-                        .into_iter()
-                        .map(|n| (n.id, n.hostname))
-                        .collect()
-                } else {
-                    HashMap::new()
-                };
-                tasks_table(&tasks, &images, &nodes, now_ms(), args.no_trunc)
-            }
-        }
+    let listing = Listing {
+        quiet: args.quiet,
+        format: args.format,
+        no_trunc: args.no_trunc,
     };
+    let text = task_list::render(&mut client.clone(), merge(lists), &images, listing).await?;
     print(&text)?;
     failed.map_or(Ok(()), |r| Err(r.into()))
 }

@@ -5,12 +5,13 @@
 //! `cargo test -p e2e -- --nocapture`.
 //!
 //! One test binary, one module per concern: `failover` (a), `crash` (b), `security` (c),
-//! `quorum` (d), `cli` (e), `membership` (demotion).
+//! `quorum` (d), `cli` (e), `membership` (demotion), `node_ps`.
 
 mod cli;
 mod crash;
 mod failover;
 mod membership;
+mod node_ps;
 mod quorum;
 mod security;
 mod service_cli;

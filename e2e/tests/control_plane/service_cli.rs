@@ -26,6 +26,8 @@ async fn service_cli_creates_lists_scales_inspects_and_removes() -> Result<()> {
             "web",
             "--replicas",
             "3",
+            // No registry here: keep the tag as given (pinning is tested in agent/tests).
+            "--no-resolve-image",
             "busybox",
             "httpd",
         ])
@@ -96,6 +98,7 @@ async fn service_cli_creates_lists_scales_inspects_and_removes() -> Result<()> {
             "-d",
             "--image",
             "busybox:1.36",
+            "--no-resolve-image",
             "--env-add",
             "A=1",
             "web",
@@ -125,6 +128,7 @@ async fn service_cli_creates_lists_scales_inspects_and_removes() -> Result<()> {
             "slow",
             "--timeout",
             "1s",
+            "--no-resolve-image",
             "busybox",
         ])
         .await?;
@@ -149,6 +153,7 @@ async fn service_cli_creates_lists_scales_inspects_and_removes() -> Result<()> {
             "bad",
             "--constraint",
             "node.labels.zone=a",
+            "--no-resolve-image",
             "busybox",
         ])
         .await?;
@@ -162,6 +167,32 @@ async fn service_cli_creates_lists_scales_inspects_and_removes() -> Result<()> {
     let out = lab.cli(&["service", "ls", "-q"]).await?;
     assert!(out.success, "service ls: {out:?}");
     assert_eq!(out.stdout.trim(), "", "the invalid service was created");
+
+    // An image whose registry cannot be reached: created anyway, unpinned, with the warning.
+    let image = format!("127.0.0.1:{}/test/busybox:1", e2e::ports::free_port()?);
+    let out = lab
+        .cli(&["service", "create", "-d", "--name", "pinless", &image])
+        .await?;
+    assert!(out.success, "create with an unreachable registry: {out:?}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "image {image} could not be accessed on a registry to record its digest: "
+        )) && out.stderr.contains("connection refused")
+            && out
+                .stderr
+                .contains(&format!("Each node will access {image} independently")),
+        "{}",
+        out.stderr
+    );
+    let out = lab.cli(&["service", "inspect", "pinless"]).await?;
+    assert!(out.success, "service inspect: {out:?}");
+    assert!(
+        out.stdout.contains(&format!("\"{image}\"")),
+        "{}",
+        out.stdout
+    );
+    let out = lab.cli(&["service", "rm", "pinless"]).await?;
+    assert!(out.success, "service rm: {out:?}");
 
     lab.passed();
     Ok(())
