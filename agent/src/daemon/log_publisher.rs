@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 
 use crate::runtime::{ContainerRuntime, LogEntry, LogStream, RuntimeError, Stream};
 
-/// Subscriptions published at once; more are refused (and closed at once).
+/// Subscription parts published at once; more are refused (and closed at once).
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// A batch holds at most this many lines...
 const BATCH_LINES: usize = 512;
@@ -88,7 +88,9 @@ impl LogSink for DispatcherSink {
 pub struct Publisher {
     source: Arc<dyn LogSource>,
     sink: Arc<dyn LogSink>,
-    running: HashMap<String, JoinHandle<()>>,
+    /// Per subscription id, one publishing task per part: following a service, the manager
+    /// sends the same id again with the service's new tasks.
+    running: HashMap<String, Vec<JoinHandle<()>>>,
 }
 
 impl Publisher {
@@ -100,38 +102,42 @@ impl Publisher {
         }
     }
 
-    /// Stops the cancelled subscriptions and starts the new ones (a repeated id is ignored).
+    /// Stops the cancelled subscriptions and starts the new parts.
     pub fn apply(&mut self, subscriptions: Vec<LogSubscription>, cancelled: &[String]) {
         for id in cancelled {
-            if let Some(task) = self.running.remove(id) {
+            if let Some(tasks) = self.running.remove(id) {
                 tracing::debug!(subscription = %id, "log subscription cancelled");
-                task.abort();
+                tasks.iter().for_each(JoinHandle::abort);
             }
         }
-        self.running.retain(|_, task| !task.is_finished());
+        self.running.retain(|_, tasks| {
+            tasks.retain(|t| !t.is_finished());
+            !tasks.is_empty()
+        });
         for sub in subscriptions {
-            if self.running.contains_key(&sub.id) {
-                continue;
-            }
-            let full = self.running.len() >= MAX_SUBSCRIPTIONS;
+            let full = self.active() >= MAX_SUBSCRIPTIONS;
             if full {
                 tracing::warn!(subscription = %sub.id, "too many log subscriptions; closing this one empty");
             }
             let id = sub.id.clone();
             let task = tokio::spawn(publish(self.source.clone(), self.sink.clone(), sub, full));
-            self.running.insert(id, task);
+            self.running.entry(id).or_default().push(task);
         }
     }
 
-    /// Subscriptions still publishing.
+    /// Parts still publishing.
     pub fn active(&self) -> usize {
-        self.running.values().filter(|t| !t.is_finished()).count()
+        self.running
+            .values()
+            .flatten()
+            .filter(|t| !t.is_finished())
+            .count()
     }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        self.running.values().for_each(JoinHandle::abort);
+        self.running.values().flatten().for_each(JoinHandle::abort);
     }
 }
 

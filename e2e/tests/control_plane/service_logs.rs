@@ -12,6 +12,7 @@ use e2e::{Lab, Tuning, client};
 use futures::SinkExt;
 use proto::v1 as pb;
 use proto::v1::dispatcher_client::DispatcherClient;
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -182,7 +183,7 @@ async fn service_logs_through_a_follower() -> Result<()> {
     let Seen::Subscribed(sub) = next_seen(&mut seen).await? else {
         bail!("expected a subscription")
     };
-    assert_eq!(sub.task_ids, [task.id.clone()]);
+    assert_eq!(sub.task_ids, std::slice::from_ref(&task.id));
     assert!(!sub.follow && sub.tail.is_none());
 
     // A task id, --tail, -t and --no-task-ids.
@@ -215,7 +216,8 @@ async fn service_logs_through_a_follower() -> Result<()> {
     assert!(!out.success);
     assert!(out.stderr.contains("no service or task nothing"), "{out:?}");
 
-    // Follow through the follower; Ctrl-C ends the CLI and the agent hears the cancellation.
+    // Follow through the follower: a task that starts later joins the stream; Ctrl-C ends the
+    // CLI and the agent hears the cancellation.
     let bin = binary_in(lab.bin_dir(), CLI_BIN)?;
     let mut child = tokio::process::Command::new(&bin)
         .arg("--config")
@@ -230,18 +232,28 @@ async fn service_logs_through_a_follower() -> Result<()> {
         bail!("expected a subscription")
     };
     assert!(sub.follow);
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut first = vec![0u8; 64];
-    let n = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncReadExt::read(&mut stdout, &mut first),
-    )
-    .await
-    .context("no line from logs -f")??;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next_line = async || -> Result<String> {
+        tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+            .await
+            .context("no line from logs -f in 10 s")??
+            .ok_or_else(|| anyhow!("logs -f ended"))
+    };
+    assert_eq!(
+        next_line().await?,
+        format!("web.1.{short}@fakehost    | hello from the task")
+    );
+    let out = lab.cli(&["service", "scale", "-d", "web=2"]).await?;
+    assert!(out.success, "scale: {out:?}");
+    let Seen::Subscribed(more) = next_seen(&mut seen).await? else {
+        bail!("expected the new task's part")
+    };
+    assert_eq!(more.id, sub.id, "the same subscription, one more part");
+    assert!(more.follow && more.task_ids.len() == 1 && more.task_ids[0] != task.id);
+    let line = next_line().await?;
     assert!(
-        String::from_utf8_lossy(&first[..n]).contains("hello from the task"),
-        "{:?}",
-        String::from_utf8_lossy(&first[..n])
+        line.starts_with("web.2.") && line.ends_with("@fakehost    | hello from the task"),
+        "{line:?}"
     );
     let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;

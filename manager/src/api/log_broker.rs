@@ -9,10 +9,12 @@
 //!   subscription and that every line is of one of its tasks, fills in the context and hands
 //!   the lines to the reader through a bounded channel (a slow reader slows the agents down).
 //! - A node's `close` ends its part; once every part is closed (or its node's session ended),
-//!   the reader's channel closes. Dropping the [`Subscription`] cancels it on the agents.
+//!   the reader's channel closes, unless the subscription is open-ended (following a service:
+//!   [`Subscription::add_tasks`] brings in the service's new tasks as they start). Dropping the
+//!   [`Subscription`] cancels it on the agents.
 
 use proto::v1 as pb;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
@@ -39,6 +41,8 @@ pub struct LogOptions {
     pub follow: bool,
     pub tail: Option<u64>,
     pub since_unix_nanos: Option<i64>,
+    /// Tasks may be added later: the subscription stays open when every part has closed.
+    pub open_ended: bool,
 }
 
 /// Subscription changes a node's session must pass on to its agent.
@@ -75,10 +79,12 @@ impl Notices {
 }
 
 struct Sub {
+    options: LogOptions,
     /// Tasks asked of each node.
     tasks: HashMap<String, HashSet<String>>,
-    /// Nodes whose part is not closed yet.
-    open: HashSet<String>,
+    /// For each node, the `LogSubscription`s sent to it and not closed yet (one per call to
+    /// subscribe or add tasks).
+    open: HashMap<String, usize>,
     context: HashMap<String, TaskContext>,
     hostnames: HashMap<String, String>,
     /// `None` once every part is closed: the reader's channel then closes.
@@ -91,11 +97,56 @@ impl Sub {
         self.hostnames.get(node_id).map(String::as_str).filter(|h| !h.is_empty()).unwrap_or(node_id)
     }
 
-    /// Ends `node_id`'s part; closes the reader's channel when it was the last one.
+    /// Ends one of `node_id`'s parts; closes the reader's channel after the last one.
     fn close_part(&mut self, node_id: &str) {
-        self.open.remove(node_id);
-        if self.open.is_empty() {
+        if let Some(n) = self.open.get_mut(node_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.open.remove(node_id);
+            }
+        }
+        self.close_if_done();
+    }
+
+    fn close_if_done(&mut self) {
+        if self.open.is_empty() && !self.options.open_ended {
             self.lines = None;
+        }
+    }
+
+    /// Records `tasks` (not known yet) and queues their part for each node's session; a node
+    /// without a session is skipped with a warning.
+    fn request(&mut self, id: &str, tasks: Vec<TaskContext>, sessions: &mut HashMap<String, NodeSession>, tail: Option<u64>) {
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for task in tasks {
+            if self.context.contains_key(&task.task_id) {
+                continue;
+            }
+            by_node.entry(task.node_id.clone()).or_default().push(task.task_id.clone());
+            self.hostnames.insert(task.node_id.clone(), task.node_hostname.clone());
+            self.tasks.entry(task.node_id.clone()).or_default().insert(task.task_id.clone());
+            self.context.insert(task.task_id.clone(), task);
+        }
+        for (node_id, mut task_ids) in by_node {
+            let Some(session) = sessions.get_mut(&node_id) else {
+                let n = task_ids.len();
+                let tasks = if n == 1 { "task" } else { "tasks" };
+                self.notices.push(format!(
+                    "node {} is not connected: the logs of its {n} {tasks} are missing",
+                    self.hostname(&node_id)
+                ));
+                continue;
+            };
+            task_ids.sort();
+            session.pending.subscribe.push(pb::LogSubscription {
+                id: id.to_string(),
+                task_ids,
+                follow: self.options.follow,
+                tail,
+                since_unix_nanos: self.options.since_unix_nanos,
+            });
+            session.wake.notify_one();
+            *self.open.entry(node_id).or_default() += 1;
         }
     }
 }
@@ -110,21 +161,23 @@ struct Inner {
 impl Inner {
     /// The node's session went away (or was replaced): its open parts will never close.
     fn fail_node(&mut self, node_id: &str) {
-        for sub in self.subscriptions.values_mut().filter(|s| s.open.contains(node_id)) {
+        for sub in self.subscriptions.values_mut().filter(|s| s.open.contains_key(node_id)) {
             let warning =
                 format!("node {} disconnected before it sent all its logs; they may be incomplete", sub.hostname(node_id));
             sub.notices.push(warning);
-            sub.close_part(node_id);
+            sub.open.remove(node_id);
+            sub.close_if_done();
         }
     }
 
     fn cancel(&mut self, id: &str) {
         let Some(sub) = self.subscriptions.remove(id) else { return };
-        for node_id in sub.open {
+        for (node_id, parts) in sub.open {
             let Some(session) = self.sessions.get_mut(&node_id) else { continue };
             let queued = session.pending.subscribe.len();
             session.pending.subscribe.retain(|s| s.id != id);
-            if session.pending.subscribe.len() == queued {
+            // Parts the agent already heard of must be cancelled there.
+            if parts > queued - session.pending.subscribe.len() {
                 session.pending.cancel.push(id.to_string());
                 session.wake.notify_one();
             }
@@ -178,56 +231,37 @@ impl LogBroker {
         let id = crate::ids::new_id();
         let (sender, lines) = mpsc::channel(READER_BUFFER);
         let notices = Arc::new(Notices::default());
-        let mut by_node: HashMap<String, HashSet<String>> = HashMap::new();
-        let mut hostnames = HashMap::new();
-        for task in &tasks {
-            by_node.entry(task.node_id.clone()).or_default().insert(task.task_id.clone());
-            hostnames.insert(task.node_id.clone(), task.node_hostname.clone());
-        }
         let mut sub = Sub {
-            tasks: by_node,
-            open: HashSet::new(),
-            context: tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect(),
-            hostnames,
+            options,
+            tasks: HashMap::new(),
+            open: HashMap::new(),
+            context: HashMap::new(),
+            hostnames: HashMap::new(),
             lines: Some(sender),
             notices: notices.clone(),
         };
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         if inner.subscriptions.len() >= MAX_SUBSCRIPTIONS {
             return Err(Status::resource_exhausted(format!(
                 "too many log readers ({MAX_SUBSCRIPTIONS}) on the leader; try again later"
             )));
         }
-        let mut nodes: Vec<(&String, &HashSet<String>)> = sub.tasks.iter().collect();
-        nodes.sort_by_key(|(node_id, _)| *node_id);
-        for (node_id, task_ids) in nodes {
-            let Some(session) = inner.sessions.get_mut(node_id) else {
-                let n = task_ids.len();
-                let tasks = if n == 1 { "task" } else { "tasks" };
-                sub.notices.push(format!(
-                    "node {} is not connected: the logs of its {n} {tasks} are missing",
-                    sub.hostname(node_id)
-                ));
-                continue;
-            };
-            let mut task_ids: Vec<String> = task_ids.iter().cloned().collect();
-            task_ids.sort();
-            session.pending.subscribe.push(pb::LogSubscription {
-                id: id.clone(),
-                task_ids,
-                follow: options.follow,
-                tail: options.tail,
-                since_unix_nanos: options.since_unix_nanos,
-            });
-            session.wake.notify_one();
-            sub.open.insert(node_id.clone());
-        }
-        if sub.open.is_empty() {
-            sub.lines = None;
-        }
+        sub.request(&id, tasks, &mut inner.sessions, options.tail);
+        sub.close_if_done();
         inner.subscriptions.insert(id.clone(), sub);
-        drop(inner);
+        drop(guard);
         Ok(Subscription { id, broker: self.clone(), lines, notices })
+    }
+
+    /// Adds tasks to an open-ended subscription (the ones it already has are ignored). They
+    /// are new, so their whole log is asked for.
+    fn add_tasks(&self, id: &str, tasks: Vec<TaskContext>) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(sub) = inner.subscriptions.get_mut(id) {
+            sub.request(id, tasks, &mut inner.sessions, None);
+        }
     }
 
     /// Takes lines a node published. Errors end the node's `PublishLogs` call: `NotFound` when
@@ -237,7 +271,7 @@ impl LogBroker {
         let (sender, lines) = {
             let mut inner = self.lock();
             let sub = inner.subscriptions.get_mut(&message.subscription_id).ok_or_else(gone)?;
-            if !sub.open.contains(node_id) {
+            if !sub.open.contains_key(node_id) {
                 return Err(gone());
             }
             let allowed = sub.tasks.get(node_id);
@@ -280,7 +314,7 @@ impl LogBroker {
     fn open_nodes(&self, id: &str) -> Vec<String> {
         let inner = self.lock();
         let Some(sub) = inner.subscriptions.get(id) else { return Vec::new() };
-        let mut names: Vec<String> = sub.open.iter().map(|n| sub.hostname(n).to_string()).collect();
+        let mut names: Vec<String> = sub.open.keys().map(|n| sub.hostname(n).to_string()).collect();
         names.sort();
         names
     }
@@ -363,6 +397,11 @@ impl Subscription {
                 () = self.notices.added.notified() => {}
             }
         }
+    }
+
+    /// Adds tasks (of an open-ended subscription) that started since; known ones are ignored.
+    pub fn add_tasks(&self, tasks: Vec<TaskContext>) {
+        self.broker.add_tasks(&self.id, tasks);
     }
 
     /// Hostnames of the nodes that have not closed their part yet.

@@ -1,6 +1,10 @@
 //! `ServiceLogs` of the Control service: picks the tasks a reference names, subscribes to their
 //! logs through the leader's [`LogBroker`] and streams what the agents publish.
 //!
+//! Following a service also follows the tasks that start later (a replica that replaces a
+//! failed one, a scale-up): the store is watched and new tasks join the subscription. The
+//! stream ends when the service is removed or this manager stops leading.
+//!
 //! Only the leader holds agent sessions, so a follower proxies the whole stream to the leader
 //! (one hop only: a proxied call that lands on a non-leader fails with `leader-addr`). Closing
 //! the stream drops the subscription, which cancels it on the agents; on a follower, closing
@@ -9,7 +13,9 @@
 use super::log_broker::{Delivery, LogBroker, LogOptions, Subscription, TaskContext};
 use super::services::find_service;
 use crate::consensus::{Consensus, MAX_MESSAGE};
+use crate::control_loop::lost_leadership;
 use crate::membership::{is_leader, not_leader};
+use crate::raft::Watched;
 use crate::store::{Store, Task, TaskState};
 use futures::Stream;
 use proto::v1 as pb;
@@ -17,7 +23,8 @@ use proto::v1::control_client::ControlClient;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
 
@@ -44,12 +51,24 @@ pub async fn serve(
         return proxy(consensus, request.into_inner()).await;
     }
     let request = request.into_inner();
-    let tasks = select_tasks(&consensus.state.read(), &request.reference)?;
-    let options = LogOptions { follow: request.follow, tail: request.tail, since_unix_nanos: request.since_unix_nanos };
+    // Watch before selecting, so that no task starts unseen in between.
+    let events = consensus.state.subscribe();
+    let (service_id, tasks) = select_tasks(&consensus.state.read(), &request.reference)?;
+    let watch = service_id.filter(|_| request.follow).map(|service_id| ServiceWatch {
+        consensus: consensus.clone(),
+        service_id,
+        events,
+    });
+    let options = LogOptions {
+        follow: request.follow,
+        tail: request.tail,
+        since_unix_nanos: request.since_unix_nanos,
+        open_ended: watch.is_some(),
+    };
     let subscription = broker.subscribe(tasks, options)?;
     tracing::debug!(subscription = subscription.id(), reference = %request.reference, follow = request.follow, "log reader");
     let (outgoing, stream) = mpsc::channel(16);
-    tokio::spawn(forward(subscription, request.follow, outgoing));
+    tokio::spawn(forward(subscription, request.follow, watch, outgoing));
     Ok(Box::pin(ReceiverStream::new(stream)))
 }
 
@@ -68,15 +87,26 @@ async fn proxy(consensus: &Consensus, request: pb::ServiceLogsRequest) -> Result
     Ok(Box::pin(stream))
 }
 
-/// The tasks of the service `reference` names, or the one task it names (id or unique id
-/// prefix), that were placed on a node and may have started (and so may have logs).
-pub fn select_tasks(store: &Store, reference: &str) -> Result<Vec<TaskContext>, Status> {
-    let chosen: Vec<&Task> = match find_service(store, reference) {
-        Ok(service) => store.tasks.values().filter(|t| t.service_id == service.meta.id).collect(),
-        Err(status) if status.code() == tonic::Code::NotFound => vec![find_task(store, reference)?],
-        Err(status) => return Err(status),
-    };
-    Ok(chosen
+/// The service `reference` names (if it names one) and its tasks, or the one task it names (id
+/// or unique id prefix); only tasks that were placed on a node and may have started (and so
+/// may have logs).
+pub fn select_tasks(store: &Store, reference: &str) -> Result<(Option<String>, Vec<TaskContext>), Status> {
+    match find_service(store, reference) {
+        Ok(service) => Ok((Some(service.meta.id.clone()), service_tasks(store, &service.meta.id))),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            Ok((None, with_logs(store, vec![find_task(store, reference)?])))
+        }
+        Err(status) => Err(status),
+    }
+}
+
+/// The tasks of `service_id` that may have logs.
+fn service_tasks(store: &Store, service_id: &str) -> Vec<TaskContext> {
+    with_logs(store, store.tasks.values().filter(|t| t.service_id == service_id).collect())
+}
+
+fn with_logs(store: &Store, tasks: Vec<&Task>) -> Vec<TaskContext> {
+    tasks
         .into_iter()
         .filter(|t| t.status.state >= TaskState::Starting && t.status.state != TaskState::Rejected)
         .filter_map(|t| {
@@ -90,7 +120,7 @@ pub fn select_tasks(store: &Store, reference: &str) -> Result<Vec<TaskContext>, 
                 node_id,
             })
         })
-        .collect())
+        .collect()
 }
 
 fn find_task<'a>(store: &'a Store, reference: &str) -> Result<&'a Task, Status> {
@@ -108,22 +138,97 @@ fn find_task<'a>(store: &'a Store, reference: &str) -> Result<&'a Task, Status> 
 
 type Outgoing = mpsc::Sender<Result<pb::ServiceLogsResponse, Status>>;
 
+/// How long store changes are gathered before a followed service's tasks are looked at again.
+const RESCAN_DELAY: Duration = Duration::from_millis(200);
+
+/// What following a whole service watches: the store, for its new tasks.
+struct ServiceWatch {
+    consensus: Consensus,
+    service_id: String,
+    events: broadcast::Receiver<Watched>,
+}
+
+/// What woke the relay.
+enum Step {
+    /// From the subscription (`None`: the remaining nodes were silent for too long).
+    Delivery(Option<Delivery>),
+    StoreChanged,
+    Rescan,
+    LostLeadership,
+}
+
 /// Relays the subscription to the caller until it ends, the caller leaves or (without follow)
-/// the remaining nodes stay silent for [`IDLE_TIMEOUT`].
-async fn forward(mut subscription: Subscription, follow: bool, outgoing: Outgoing) {
+/// the remaining nodes stay silent for [`IDLE_TIMEOUT`]. A followed service brings in its new
+/// tasks, and ends when it is removed or this manager stops leading.
+async fn forward(mut subscription: Subscription, follow: bool, mut watch: Option<ServiceWatch>, outgoing: Outgoing) {
+    let mut metrics = watch.as_ref().map(|w| (w.consensus.raft.metrics(), w.consensus.node_id));
+    let mut rescan_at: Option<Instant> = None;
     loop {
-        let wait = async {
-            if follow { Some(subscription.next().await) } else { tokio::time::timeout(IDLE_TIMEOUT, subscription.next()).await.ok() }
+        let step = {
+            let wait = async {
+                if follow { Some(subscription.next().await) } else { tokio::time::timeout(IDLE_TIMEOUT, subscription.next()).await.ok() }
+            };
+            let changed = async {
+                match watch.as_mut() {
+                    Some(w) => {
+                        // A lagging receiver also means changes: look again either way.
+                        if let Err(broadcast::error::RecvError::Closed) = w.events.recv().await {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let lost = async {
+                match metrics.as_mut() {
+                    Some((m, node_id)) => lost_leadership(m, *node_id).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let rescan = async {
+                match rescan_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = outgoing.closed() => return,
+                next = wait => Step::Delivery(next),
+                () = changed => Step::StoreChanged,
+                () = rescan => Step::Rescan,
+                _ = lost => Step::LostLeadership,
+            }
         };
-        let next = tokio::select! {
-            () = outgoing.closed() => return,
-            next = wait => next,
-        };
-        let (response, last) = match next {
-            Some(Delivery::Lines(messages)) => (pb::ServiceLogsResponse { messages, warnings: vec![] }, false),
-            Some(Delivery::Warnings(warnings)) => (pb::ServiceLogsResponse { messages: vec![], warnings }, false),
-            Some(Delivery::End) => return,
-            None => {
+        let (response, last) = match step {
+            Step::StoreChanged => {
+                rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
+                continue;
+            }
+            Step::Rescan => {
+                rescan_at = None;
+                let Some(w) = watch.as_ref() else { continue };
+                let tasks = {
+                    let store = w.consensus.state.read();
+                    store.services.contains_key(&w.service_id).then(|| service_tasks(&store, &w.service_id))
+                };
+                match tasks {
+                    Some(tasks) => {
+                        subscription.add_tasks(tasks);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            Step::LostLeadership => {
+                let warning = "this manager stopped leading; run the command again to follow the logs".to_string();
+                (pb::ServiceLogsResponse { messages: vec![], warnings: vec![warning] }, true)
+            }
+            Step::Delivery(Some(Delivery::Lines(messages))) => (pb::ServiceLogsResponse { messages, warnings: vec![] }, false),
+            Step::Delivery(Some(Delivery::Warnings(warnings))) => {
+                (pb::ServiceLogsResponse { messages: vec![], warnings }, false)
+            }
+            Step::Delivery(Some(Delivery::End)) => return,
+            Step::Delivery(None) => {
                 let warning = format!(
                     "no logs from {} for {} s: ending without them; the output may be incomplete",
                     subscription.open_nodes().join(", "),
@@ -155,17 +260,19 @@ mod tests {
         let waiting = sim.tasks(&web)[2].meta.id.clone();
         sim.set_state(&waiting, TaskState::Assigned);
 
-        let tasks = select_tasks(&sim.store, "web").unwrap();
+        let (service, tasks) = select_tasks(&sim.store, "web").unwrap();
+        assert_eq!(service.as_deref(), Some(web.as_str()));
         assert_eq!(tasks.len(), 2);
         assert!(tasks.iter().all(|t| t.task_id != waiting && t.service_name == "web"));
         assert!(tasks.iter().all(|t| (t.node_id == n1 && t.node_hostname == "h1") || (t.node_id == n2 && t.node_hostname == "h2")));
         let mut slots: Vec<u64> = tasks.iter().map(|t| t.slot).collect();
         slots.sort();
         assert_eq!(slots, [1, 2]);
-        assert_eq!(select_tasks(&sim.store, &web).unwrap().len(), 2, "by service id");
+        assert_eq!(select_tasks(&sim.store, &web).unwrap().1.len(), 2, "by service id");
 
         let one = sim.tasks(&other)[0].meta.id.clone();
-        let by_task = select_tasks(&sim.store, &one).unwrap();
+        let (service, by_task) = select_tasks(&sim.store, &one).unwrap();
+        assert_eq!(service, None, "a task is not followed beyond itself");
         assert_eq!(by_task.len(), 1);
         assert_eq!((by_task[0].task_id.as_str(), by_task[0].service_name.as_str()), (one.as_str(), "other"));
 

@@ -188,15 +188,17 @@ async fn cancelling_or_dropping_stops_followers() {
     let mut b = a.clone();
     b.id = "b".into();
     publisher.apply(vec![a.clone(), b], &[]);
-    // A repeated subscription is not started twice.
+    // The same id again (new tasks of a followed service): one more part.
     publisher.apply(vec![a], &[]);
-    assert_eq!(publisher.active(), 2);
+    assert_eq!(publisher.active(), 3);
+    // Cancelling stops every part of the subscription.
     publisher.apply(vec![], &["a".to_string()]);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(publisher.active(), 1);
     let handles: Vec<_> = publisher
         .running
         .values()
+        .flatten()
         .map(|t| t.abort_handle())
         .collect();
     drop(publisher);

@@ -33,7 +33,7 @@ async fn routes_subscriptions_to_the_nodes_holding_the_tasks() {
     let sub = broker.subscribe(vec![task("t1", "a"), task("t2", "a"), task("t3", "b")], LogOptions {
         follow: false,
         tail: Some(5),
-        since_unix_nanos: None,
+        ..Default::default()
     });
     let sub = sub.unwrap();
     a.changed().await;
@@ -170,4 +170,47 @@ async fn the_number_of_subscriptions_is_bounded() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     kept.pop();
     assert!(broker.subscribe(vec![], LogOptions::default()).is_ok());
+}
+
+#[tokio::test]
+async fn an_open_ended_subscription_takes_new_tasks_and_outlives_its_parts() {
+    let broker = Arc::new(LogBroker::default());
+    let a = broker.attach("a");
+    let b = broker.attach("b");
+    let options = LogOptions { follow: true, tail: Some(0), open_ended: true, ..Default::default() };
+    let mut sub = broker.subscribe(vec![task("t1", "a")], options).unwrap();
+    let id = sub.id().to_string();
+    assert_eq!(a.take().subscribe[0].tail, Some(0));
+    // t1 ends: the subscription stays open, waiting for new tasks.
+    broker.publish("a", publish(&id, vec![line("t1", "bye")], true)).await.unwrap();
+    assert!(matches!(next(&mut sub).await, Delivery::Lines(_)));
+    assert!(tokio::time::timeout(Duration::from_millis(50), sub.next()).await.is_err(), "still open");
+    // A replacement starts on a and a new replica on b; t1 is known and not asked for again.
+    sub.add_tasks(vec![task("t1", "a"), task("t2", "a"), task("t3", "b")]);
+    let to_a = a.take().subscribe;
+    assert_eq!(to_a.len(), 1);
+    assert_eq!((to_a[0].id.as_str(), to_a[0].task_ids.as_slice(), to_a[0].tail), (id.as_str(), &["t2".to_string()][..], None));
+    assert_eq!(b.take().subscribe[0].task_ids, ["t3"]);
+    broker.publish("a", publish(&id, vec![line("t2", "new")], false)).await.unwrap();
+    let Delivery::Lines(lines) = next(&mut sub).await else { panic!("lines expected") };
+    assert_eq!(lines[0].line, b"new");
+    drop(sub);
+    assert_eq!(a.take().cancel, std::slice::from_ref(&id));
+    assert_eq!(b.take().cancel, [id]);
+}
+
+#[tokio::test]
+async fn a_node_with_two_parts_stays_open_until_both_closed() {
+    let broker = Arc::new(LogBroker::default());
+    let _a = broker.attach("a");
+    let options = LogOptions { follow: true, open_ended: true, ..Default::default() };
+    let mut sub = broker.subscribe(vec![task("t1", "a")], options).unwrap();
+    let id = sub.id().to_string();
+    sub.add_tasks(vec![task("t2", "a")]);
+    broker.publish("a", publish(&id, vec![], true)).await.unwrap();
+    // The second part may still publish.
+    broker.publish("a", publish(&id, vec![line("t2", "still here")], false)).await.unwrap();
+    assert!(matches!(next(&mut sub).await, Delivery::Lines(l) if l[0].line == b"still here"));
+    broker.publish("a", publish(&id, vec![], true)).await.unwrap();
+    assert_eq!(broker.publish("a", publish(&id, vec![], false)).await.unwrap_err().code(), tonic::Code::NotFound);
 }
