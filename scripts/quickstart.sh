@@ -10,13 +10,13 @@ name=quickstart
 bin=$PWD/target/release
 
 if [ "${1:-up}" = "down" ]; then
-  "$bin/cluster-lab" down --name "$name"
+  "$bin/cluster" lab down --name "$name"
   exit 0
 fi
 
 bash scripts/install-deps.sh
 cargo build --release --workspace --bins
-up=$("$bin/cluster-lab" up --name "$name" --hosts 3)
+up=$("$bin/cluster" lab up --name "$name" --hosts 3)
 echo "$up"
 image=$(echo "$up" | sed -n 's/^registry .*(image \(.*\))$/\1/p')
 admin=/tmp/cluster-lab-$name/admin.json
@@ -33,6 +33,6 @@ cat <<TXT
 The cluster is up. The CLI reaches the manager from inside the hosts' namespaces:
     ip netns exec cl-$name-h1 $bin/cluster --config $admin service ls
     ip netns exec cl-$name-h2 $bin/cluster --config $admin service scale web=9
-Lab state: $bin/cluster-lab status --name $name
+Lab state: $bin/cluster lab status --name $name
 Remove it: scripts/quickstart.sh down
 TXT

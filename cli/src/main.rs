@@ -13,12 +13,14 @@ use clap::{Parser, Subcommand};
 
 use commands::info::InfoArgs;
 use commands::join_token::JoinTokenArgs;
+use commands::lab::LabCommand;
 use commands::node::NodeCommand;
 use commands::service::ServiceCommand;
 use connect::Target;
 use output::Reported;
 
-/// Manage a cluster: nodes, services, join tokens and cluster state.
+/// Manage a cluster: nodes, services, join tokens and cluster state; or try one on this machine
+/// (`cluster lab`).
 #[derive(Debug, Parser)]
 #[command(name = "cluster", version, propagate_version = true)]
 struct Cli {
@@ -44,6 +46,9 @@ enum Command {
     JoinToken(JoinTokenArgs),
     /// Show the cluster, its Raft state and its managers.
     Info(InfoArgs),
+    /// A multi-host cluster on this machine, in network namespaces (needs root).
+    #[command(subcommand)]
+    Lab(LabCommand),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +61,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(command) => commands::service::run(command, &target).await,
         Command::JoinToken(args) => commands::join_token::run(args, &target).await,
         Command::Info(args) => commands::info::run(args, &target).await,
+        // Blocking work (processes, namespaces, waits): off the runtime's thread.
+        Command::Lab(command) => tokio::task::spawn_blocking(move || commands::lab::run(command))
+            .await
+            .map_err(|e| anyhow::anyhow!("the lab command panicked: {e}"))?,
     }
 }
 

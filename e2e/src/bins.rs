@@ -45,6 +45,19 @@ pub fn bin_dir() -> Result<PathBuf> {
     )
 }
 
+/// The daemons' directory for a program that ships next to them (the `cluster` CLI's `lab`
+/// command): the running executable's own directory when it holds `cluster-manager`, else
+/// [`bin_dir`].
+pub fn bin_dir_beside_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    if let Some(dir) = exe.parent()
+        && dir.join(MANAGER_BIN).is_file()
+    {
+        return Ok(dir.to_path_buf());
+    }
+    bin_dir()
+}
+
 /// The path of the binary `name` in [`bin_dir`], with an error telling how to build it.
 pub fn binary(name: &str) -> Result<PathBuf> {
     binary_in(&bin_dir()?, name)

@@ -171,16 +171,22 @@ impl NetLab {
     /// Builds and starts a lab of `hosts` hosts whose processes die with this process; tears
     /// down leftovers of an earlier run of the same name first.
     pub fn up(name: &str, hosts: usize) -> Result<NetLab> {
-        Self::start(name, hosts, true)
+        Self::start(name, hosts, true, None)
     }
 
     /// Like [`NetLab::up`], but the processes outlive this one (for a `lab up` command); call
     /// [`NetLab::detach`] and later `NetLab::teardown(name)` from any process.
     pub fn up_detached(name: &str, hosts: usize) -> Result<NetLab> {
-        Self::start(name, hosts, false)
+        Self::start(name, hosts, false, None)
     }
 
-    fn start(name: &str, hosts: usize, tied: bool) -> Result<NetLab> {
+    /// Like [`NetLab::up_detached`], with the daemons' binaries taken from `bin_dir` instead of
+    /// [`crate::bins::bin_dir`] (`cluster lab up` uses its own directory).
+    pub fn up_detached_with_bins(name: &str, hosts: usize, bin_dir: PathBuf) -> Result<NetLab> {
+        Self::start(name, hosts, false, Some(bin_dir))
+    }
+
+    fn start(name: &str, hosts: usize, tied: bool, bin_dir: Option<PathBuf>) -> Result<NetLab> {
         anyhow::ensure!((1..=250).contains(&hosts), "hosts must be 1..=250");
         anyhow::ensure!(
             !name.is_empty()
@@ -194,7 +200,10 @@ impl NetLab {
         if !missing.is_empty() {
             bail!("a lab needs {}", missing.join(", "));
         }
-        let bin_dir = crate::bins::bin_dir()?;
+        let bin_dir = match bin_dir {
+            Some(dir) => dir,
+            None => crate::bins::bin_dir()?,
+        };
         for b in ["cluster-manager", "cluster-agent", "cluster"] {
             crate::bins::binary_in(&bin_dir, b)?;
         }
