@@ -87,7 +87,8 @@ struct Sub {
     open: HashMap<String, usize>,
     context: HashMap<String, TaskContext>,
     hostnames: HashMap<String, String>,
-    /// `None` once every part is closed: the reader's channel then closes.
+    /// `None` once every part is closed (never for an open-ended subscription): the reader's
+    /// channel then closes.
     lines: Option<mpsc::Sender<Vec<pb::LogMessage>>>,
     notices: Arc<Notices>,
 }
