@@ -68,7 +68,7 @@ pub async fn serve(
     let subscription = broker.subscribe(tasks, options)?;
     tracing::debug!(subscription = subscription.id(), reference = %request.reference, follow = request.follow, "log reader");
     let (outgoing, stream) = mpsc::channel(16);
-    tokio::spawn(forward(subscription, request.follow, watch, outgoing));
+    tokio::spawn(forward(subscription, request.follow, IDLE_TIMEOUT, watch, outgoing));
     Ok(Box::pin(ReceiverStream::new(stream)))
 }
 
@@ -158,15 +158,21 @@ enum Step {
 }
 
 /// Relays the subscription to the caller until it ends, the caller leaves or (without follow)
-/// the remaining nodes stay silent for [`IDLE_TIMEOUT`]. A followed service brings in its new
-/// tasks, and ends when it is removed or this manager stops leading.
-async fn forward(mut subscription: Subscription, follow: bool, mut watch: Option<ServiceWatch>, outgoing: Outgoing) {
+/// the remaining nodes stay silent for `idle`. A followed service brings in its new tasks, and
+/// ends when it is removed or this manager stops leading.
+async fn forward(
+    mut subscription: Subscription,
+    follow: bool,
+    idle: Duration,
+    mut watch: Option<ServiceWatch>,
+    outgoing: Outgoing,
+) {
     let mut metrics = watch.as_ref().map(|w| (w.consensus.raft.metrics(), w.consensus.node_id));
     let mut rescan_at: Option<Instant> = None;
     loop {
         let step = {
             let wait = async {
-                if follow { Some(subscription.next().await) } else { tokio::time::timeout(IDLE_TIMEOUT, subscription.next()).await.ok() }
+                if follow { Some(subscription.next().await) } else { tokio::time::timeout(idle, subscription.next()).await.ok() }
             };
             let changed = async {
                 match watch.as_mut() {
@@ -230,9 +236,8 @@ async fn forward(mut subscription: Subscription, follow: bool, mut watch: Option
             Step::Delivery(Some(Delivery::End)) => return,
             Step::Delivery(None) => {
                 let warning = format!(
-                    "no logs from {} for {} s: ending without them; the output may be incomplete",
+                    "no logs from {} in {idle:?}: ending without them; the output may be incomplete",
                     subscription.open_nodes().join(", "),
-                    IDLE_TIMEOUT.as_secs()
                 );
                 (pb::ServiceLogsResponse { messages: vec![], warnings: vec![warning] }, true)
             }
@@ -247,6 +252,60 @@ async fn forward(mut subscription: Subscription, follow: bool, mut watch: Option
 mod tests {
     use super::*;
     use crate::orchestrator::testkit::{Sim, replicated};
+
+    fn task(id: &str, node: &str) -> TaskContext {
+        TaskContext {
+            task_id: id.into(),
+            service_id: "svc".into(),
+            service_name: "web".into(),
+            slot: 1,
+            node_id: node.into(),
+            node_hostname: format!("host-{node}"),
+        }
+    }
+
+    fn publish(sub: &str, task_id: &str, close: bool) -> pb::PublishLogsMessage {
+        let line = pb::LogMessage { task_id: task_id.into(), line: b"x".to_vec(), ..Default::default() };
+        pb::PublishLogsMessage { subscription_id: sub.into(), messages: vec![line], close }
+    }
+
+    async fn receive(rx: &mut mpsc::Receiver<Result<pb::ServiceLogsResponse, Status>>) -> Option<pb::ServiceLogsResponse> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("an answer in time").map(|r| r.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_does_not_hold_a_non_follow_read_forever() {
+        let broker = Arc::new(LogBroker::default());
+        let _a = broker.attach("a");
+        let _b = broker.attach("b");
+        let sub = broker.subscribe(vec![task("t1", "a"), task("t2", "b")], LogOptions::default()).unwrap();
+        let id = sub.id().to_string();
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(forward(sub, false, Duration::from_millis(200), None, tx));
+        broker.publish("a", publish(&id, "t1", true)).await.unwrap();
+        assert_eq!(receive(&mut rx).await.unwrap().messages.len(), 1);
+        let warning = receive(&mut rx).await.unwrap().warnings;
+        assert_eq!(warning, ["no logs from host-b in 200ms: ending without them; the output may be incomplete"]);
+        assert!(receive(&mut rx).await.is_none(), "the stream ended");
+        let late = broker.publish("b", publish(&id, "t2", true)).await.unwrap_err();
+        assert_eq!(late.code(), tonic::Code::NotFound, "the subscription is gone");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_leaves_cancels_the_subscription_on_the_agents() {
+        let broker = Arc::new(LogBroker::default());
+        let a = broker.attach("a");
+        let options = LogOptions { follow: true, ..Default::default() };
+        let sub = broker.subscribe(vec![task("t1", "a")], options).unwrap();
+        let id = sub.id().to_string();
+        a.changed().await;
+        assert_eq!(a.take().subscribe.len(), 1);
+        let (tx, rx) = mpsc::channel(4);
+        let relay = tokio::spawn(forward(sub, true, IDLE_TIMEOUT, None, tx));
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), relay).await.expect("the relay stops").unwrap();
+        assert_eq!(a.take().cancel, [id]);
+    }
 
     #[test]
     fn selects_started_tasks_of_a_service_or_one_task() {
