@@ -299,5 +299,15 @@ async fn missing_image_warns_and_the_agent_rejects_the_task() {
             && (rejected.err.contains("MANIFEST_UNKNOWN") || rejected.err.contains("NAME_UNKNOWN")),
         "{rejected:?}"
     );
+    // Rejections do not cost the node its session: it stays READY.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let node = control
+        .get_node(proto::v1::GetNodeRequest {
+            reference: "w1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node.state, "ready", "{node:?}");
     agent.abort();
 }

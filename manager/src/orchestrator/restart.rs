@@ -9,6 +9,11 @@
 //! RUNNING (COMPLETE for jobs) once the time has come. The delay lives in the store, so it
 //! survives a leader change; [`next_restart_due`] tells the leader when to wake up.
 //!
+//! A delayed replacement that ends before its start time (REJECTED while the agent prepared it,
+//! typically because its image cannot be pulled) is replaced only once that time has come:
+//! replacing it at once would start a hot loop of rejected tasks that ignores the delay (and
+//! floods the Raft log and the agents' sessions).
+//!
 //! When the policy gives up, the ended task is left as it is: it stays live and keeps its slot,
 //! so the slot is not refilled. Every decision depends only on the store, so a task the policy
 //! gave up on gets the same answer on every pass.
@@ -24,7 +29,7 @@ pub fn reconcile_restarts(store: &Store, now_ms: i64, ids: &mut dyn IdSource) ->
 pub(crate) fn units(store: &Store, now_ms: i64, ids: &mut dyn IdSource) -> Vec<Unit> {
     let mut units = Vec::new();
     for task in store.tasks.values() {
-        if !task.is_live() || !task.status.state.is_ended() {
+        if !task.is_live() || !task.status.state.is_ended() || waiting_for_its_start(task, now_ms) {
             continue;
         }
         let Some(service) = store.services.get(&task.service_id) else { continue };
@@ -33,6 +38,11 @@ pub(crate) fn units(store: &Store, now_ms: i64, ids: &mut dyn IdSource) -> Vec<U
         }
     }
     units
+}
+
+/// Whether `task` is a delayed replacement whose start time has not come yet.
+fn waiting_for_its_start(task: &Task, now_ms: i64) -> bool {
+    task.desired_state == TaskState::Ready && task.restart.not_before_ms > now_ms
 }
 
 /// Where and how the ended `task` is restarted, if its policy restarts it: the node (global
@@ -228,5 +238,37 @@ mod tests {
         sim.converge();
         assert_eq!(sim.running(&service).len(), 1);
         assert_eq!(next_restart_due(&sim.store), None);
+    }
+
+    #[test]
+    fn a_replacement_rejected_while_it_waits_is_replaced_after_the_delay() {
+        let mut sim = Sim::new();
+        sim.add_node("a");
+        let mut spec = replicated(1);
+        spec.restart.delay_ms = 5_000;
+        let service = sim.add_service("web", spec);
+        sim.converge();
+        let task = sim.running(&service).remove(0);
+        sim.set_state(&task.meta.id, TaskState::Rejected);
+        let rejected_at = sim.now;
+        sim.converge();
+        // The agent prepares the waiting replacement at once and rejects it too (no image).
+        for _ in 0..3 {
+            let waiting: Vec<_> =
+                sim.tasks(&service).into_iter().filter(|t| t.desired_state == TaskState::Ready).collect();
+            assert_eq!(waiting.len(), 1, "one waiting replacement");
+            if waiting[0].status.state != TaskState::Rejected {
+                sim.set_state(&waiting[0].meta.id, TaskState::Rejected);
+            }
+            sim.converge();
+        }
+        assert_eq!(sim.tasks(&service).len(), 2, "no new task before the delay");
+        assert_eq!(next_restart_due(&sim.store), Some(rejected_at + 5_000));
+        // Its time has come: one new attempt, delayed from the rejection.
+        sim.now = rejected_at + 5_000;
+        sim.converge();
+        let tasks = sim.tasks(&service);
+        assert_eq!(tasks.len(), 3, "{tasks:#?}");
+        assert_eq!(tasks.iter().filter(|t| t.is_live() && !t.status.state.is_ended()).count(), 1);
     }
 }
