@@ -408,3 +408,21 @@ fn local_hostname() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ManagerConfig;
+
+    #[test]
+    fn a_config_saved_before_insecure_registries_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"node_id": 7, "listen_addr": "127.0.0.1:4242", "advertise_addr": "127.0.0.1:4242",
+                      "hostname": "m1", "join_addrs": [], "ready": true}"#;
+        std::fs::write(dir.path().join("manager.json"), old).unwrap();
+        let config = ManagerConfig::load(dir.path()).unwrap();
+        assert!(config.insecure_registries.is_empty());
+        let config = ManagerConfig { insecure_registries: vec!["reg.local:5000".into()], ..config };
+        config.save(dir.path()).unwrap();
+        assert_eq!(ManagerConfig::load(dir.path()).unwrap().insecure_registries, ["reg.local:5000"]);
+    }
+}
