@@ -219,7 +219,7 @@ pub struct PsArgs {
     /// Filter: id=PREFIX, node=NODE, desired-state=STATE.
     #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_filter)]
     pub filter: Vec<(String, String)>,
-    /// Do not truncate ids and errors.
+    /// Do not truncate ids and errors, and show images with their pinned digest.
     #[arg(long = "no-trunc")]
     pub no_trunc: bool,
     /// Output format.
