@@ -11,3 +11,4 @@ else
   cargo test --workspace --no-fail-fast
 fi
 ./target/debug/bench-raft --quick --json target/bench-raft-quick.json
+./target/debug/bench-containers --quick --json target/bench-containers-quick.json

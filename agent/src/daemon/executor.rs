@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use proto::v1::{Assignment, TaskStatus};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::container::{container_spec, exit_status, status, stop_params, wants_run};
 use super::plan::{Action, Phase, decide};
@@ -49,27 +49,37 @@ impl Images for StoreImages {
             .await
             .map_err(|e| e.to_string())?;
         let dir = self.containers.join(task_id);
-        let mut old = Rootfs::adopt(&dir);
-        old.unmount().map_err(|e| e.to_string())?;
-        let rootfs = mount_rootfs(&image, &dir).map_err(|e| e.to_string())?;
-        Ok(Prepared {
-            config: image.config,
-            rootfs: rootfs.keep_mounted(),
+        // Mounts and directory trees: blocking system calls, kept off the async workers so a
+        // burst of container starts cannot delay heartbeats.
+        tokio::task::spawn_blocking(move || {
+            let mut old = Rootfs::adopt(&dir);
+            old.unmount().map_err(|e| e.to_string())?;
+            let rootfs = mount_rootfs(&image, &dir).map_err(|e| e.to_string())?;
+            Ok(Prepared {
+                config: image.config,
+                rootfs: rootfs.keep_mounted(),
+            })
         })
+        .await
+        .map_err(|e| format!("preparing the rootfs: {e}"))?
     }
 
     async fn release(&self, task_id: &str) {
         let dir = self.containers.join(task_id);
-        let mut rootfs = Rootfs::adopt(&dir);
-        if let Err(e) = rootfs.unmount() {
-            tracing::warn!(task = task_id, error = %e, "cannot unmount rootfs");
-            return;
-        }
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(task = task_id, error = %e, "cannot delete container dir");
-        }
+        let task = task_id.to_string();
+        let released = tokio::task::spawn_blocking(move || {
+            let mut rootfs = Rootfs::adopt(&dir);
+            if let Err(e) = rootfs.unmount() {
+                tracing::warn!(task, error = %e, "cannot unmount rootfs");
+                return;
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(task, error = %e, "cannot delete container dir");
+            }
+        });
+        let _ = released.await;
     }
 }
 
@@ -173,6 +183,16 @@ pub struct Executor<R, I> {
     synced: bool,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
+    /// Bounds the container starts in flight (see [`start_slots`]).
+    start_slots: Arc<Semaphore>,
+}
+
+/// How many containers may be starting at once. Each start is a few short-lived runc processes
+/// that spend much of their time waiting on the kernel, so some overlap pays; a thousand at once
+/// would only thrash. Measured on 2 cores (100 replicas): 32 at once 3.5 s, unbounded 3.8-4.4 s,
+/// 4 at once 5.3 s.
+fn start_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 16
 }
 
 impl<R: ContainerRuntime, I: Images> Executor<R, I> {
@@ -188,6 +208,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             synced: false,
             tx,
             rx,
+            start_slots: Arc::new(Semaphore::new(start_slots())),
         }
     }
 
@@ -441,9 +462,12 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         local.phase = Phase::Starting;
         self.statuses.push(status(&id, "starting", "starting"));
         let (runtime, images, tx) = (self.runtime.clone(), self.images.clone(), self.tx.clone());
-        let statuses = self.statuses.clone();
+        let (statuses, slots) = (self.statuses.clone(), self.start_slots.clone());
         tokio::spawn(async move {
-            match runtime.run(&cspec).await {
+            let slot = slots.acquire_owned().await;
+            let started = runtime.run(&cspec).await;
+            drop(slot);
+            match started {
                 Ok(info) => {
                     let mut st = status(&id, "running", "started");
                     st.container_id = info.id;

@@ -169,7 +169,8 @@ async fn session_once(
             )));
         }
         if msg.heartbeat_period_ms > 0 {
-            period_tx.send_replace(Duration::from_millis(u64::from(msg.heartbeat_period_ms)));
+            let period = Duration::from_millis(u64::from(msg.heartbeat_period_ms));
+            period_tx.send_if_modified(|p| std::mem::replace(p, period) != period);
         }
         if !msg.manager_addrs.is_empty() && msg.manager_addrs != *addrs {
             let current = addrs.first().cloned();
@@ -204,31 +205,54 @@ async fn session_once(
     Outcome::Ended(opened)
 }
 
+/// Sends a heartbeat every period, on a fixed schedule (a slow reply does not push the next
+/// one back), each call bounded by one period so a stuck call cannot silence the node.
 async fn heartbeats(channel: Channel, session_id: String, mut period: watch::Receiver<Duration>) {
     let mut client = DispatcherClient::new(channel);
     let mut current = *period.borrow_and_update();
+    let mut next = tokio::time::Instant::now() + current;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(current) => {}
+            _ = tokio::time::sleep_until(next) => {}
             changed = period.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                current = *period.borrow_and_update();
+                // Every session message repeats the period: only a new value moves the schedule
+                // (re-arming on each message would starve heartbeats during a burst of deltas).
+                let new = *period.borrow_and_update();
+                if new != current {
+                    current = new;
+                    next = tokio::time::Instant::now() + current;
+                }
                 continue;
             }
         }
+        let woke_late = tokio::time::Instant::now().saturating_duration_since(next);
+        next += current;
         let req = HeartbeatRequest {
             session_id: session_id.clone(),
         };
-        match client.heartbeat(req).await {
-            Ok(r) => {
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(current, client.heartbeat(req)).await {
+            Ok(Ok(r)) => {
                 let ms = r.into_inner().period_ms;
-                if ms > 0 {
+                if ms > 0 && Duration::from_millis(u64::from(ms)) != current {
                     current = Duration::from_millis(u64::from(ms));
+                    next = tokio::time::Instant::now() + current;
                 }
             }
-            Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+            Ok(Err(status)) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+            Err(_) => tracing::warn!(timeout = ?current, "heartbeat unanswered"),
+        }
+        let took = sent.elapsed();
+        if woke_late > current / 2 || took > current / 2 {
+            tracing::warn!(woke_late = ?woke_late, round_trip = ?took, "heartbeat delayed");
+        }
+        // Behind by more than a period (the agent stalled): restart the schedule from now.
+        let now = tokio::time::Instant::now();
+        if next + current < now {
+            next = now;
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -105,10 +105,10 @@ impl Runtime {
     pub async fn run(&self, spec: &ContainerSpec) -> Result<ContainerInfo, RuntimeError> {
         validate_id(&spec.id)?;
         let id = spec.id.as_str();
-        match self.inner.runc.state(id).await {
-            Ok(_) => return Err(RuntimeError::AlreadyExists(id.to_string())),
-            Err(RuncError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
+        // runc keeps a container's state in `<root>/<id>/`: reading the directory is much
+        // cheaper than starting `runc state`, and this path runs once per container start.
+        if self.inner.runc.root().join(id).join("state.json").exists() {
+            return Err(RuntimeError::AlreadyExists(id.to_string()));
         }
         let dir = self.container_dir(id);
         let _ = std::fs::remove_dir_all(&dir);
@@ -173,9 +173,9 @@ impl Runtime {
             return Err(e.into());
         }
         let started = async {
-            let st = self.inner.runc.state(id).await?;
+            let pid = read_pid_file(&dir.join("init.pid"))?;
             let internal = RuncInternalState::load(self.inner.runc.root(), id).unwrap_or_default();
-            self.track_live(id, st.pid, internal, Some(forwarder))?;
+            self.track_live(id, pid, internal, Some(forwarder))?;
             self.inner.runc.start(id).await?;
             Ok::<_, RuntimeError>(())
         };
@@ -471,4 +471,17 @@ fn spawn_orphan_reaper() -> Option<AbortHandle> {
         }
     });
     Some(task.abort_handle())
+}
+
+/// The pid `runc create --pid-file` wrote (the container's init, waiting for `runc start`).
+fn read_pid_file(path: &Path) -> Result<i32, RuntimeError> {
+    let text = std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|pid: &i32| *pid > 0)
+        .ok_or_else(|| RuntimeError::Io {
+            context: format!("reading {}", path.display()),
+            source: std::io::Error::other(format!("not a pid: {:?}", text.trim())),
+        })
 }

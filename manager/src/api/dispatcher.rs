@@ -269,6 +269,7 @@ impl Dispatcher for DispatcherService {
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let node_id = self.caller(&request)?;
         let session_id = request.into_inner().session_id;
+        tracing::trace!(node = %node_id, session = %session_id, "heartbeat");
         if !self.sessions.heartbeat(&node_id, &session_id) {
             return Err(stale_session(&node_id, &session_id));
         }
