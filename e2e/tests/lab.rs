@@ -357,12 +357,22 @@ fn lab_runs_services_across_hosts() {
     eprintln!("missing image: {}", rejected["err"]);
     remove(&lab, "missing");
 
-    // 9. kill -9 of an agent: its tasks are replaced on the other hosts.
-    lab.kill_agent(3).expect("kill -9 the agent of h3");
-    let per_host = wait_running(&lab, "web", "kill -9 agent h3 -> 3 running on h1/h2", |m| {
-        m.values().sum::<usize>() == 3 && !m.contains_key("h3")
+    // 9. kill -9 of an agent: its tasks are replaced on the other hosts. Scaling up first puts
+    //    tasks back on h3 (emptied by the drain; running tasks are never rebalanced).
+    lab.cli(&["service", "scale", "-d", "web=6"])
+        .expect("scale 6");
+    let per_host = wait_running(&lab, "web", "scale web=6", |m| {
+        m.values().sum::<usize>() == 6
     });
-    assert_eq!(per_host.values().sum::<usize>(), 3);
+    assert!(
+        per_host.get("h3").is_some_and(|n| *n > 0),
+        "no task on h3: {per_host:?}"
+    );
+    lab.kill_agent(3).expect("kill -9 the agent of h3");
+    let per_host = wait_running(&lab, "web", "kill -9 agent h3 -> 6 running on h1/h2", |m| {
+        m.values().sum::<usize>() == 6 && !m.contains_key("h3")
+    });
+    assert_eq!(per_host.values().sum::<usize>(), 6);
 
     lab.down();
     let left = netlab::namespaces(name);
