@@ -68,12 +68,30 @@ pub async fn run(
                 if opened {
                     backoff = BACKOFF_MIN;
                 }
-                next += 1;
+                next = next_after(&addrs, &addr, next);
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Where to try after an attempt with `addr` ended: the address after it in `addrs`. The list
+/// may have been replaced (and reordered) by the managers' announcement during the session, so a
+/// position kept from before could point at the manager that just went away.
+fn next_after(addrs: &[String], addr: &str, previous: usize) -> usize {
+    addrs.iter().position(|a| a == addr).unwrap_or(previous) + 1
+}
+
+/// The addresses to keep when the managers announce `announced` during a session with `addr`:
+/// theirs, plus `addr` if they do not list it (the address this agent reaches a manager at, such
+/// as its join address, stays usable).
+fn merge_addrs(announced: &[String], addr: &str) -> Vec<String> {
+    let mut addrs = announced.to_vec();
+    if !addrs.iter().any(|a| a == addr) {
+        addrs.push(addr.to_string());
+    }
+    addrs
 }
 
 /// What a session serves on this side: the executor's inputs, the statuses to report and the
@@ -172,13 +190,12 @@ async fn session_once(
             let period = Duration::from_millis(u64::from(msg.heartbeat_period_ms));
             period_tx.send_if_modified(|p| std::mem::replace(p, period) != period);
         }
-        if !msg.manager_addrs.is_empty() && msg.manager_addrs != *addrs {
-            let current = addrs.first().cloned();
-            *addrs = msg.manager_addrs.clone();
-            if let Some(a) = current.filter(|a| !addrs.contains(a)) {
-                addrs.push(a);
+        if !msg.manager_addrs.is_empty() {
+            let merged = merge_addrs(&msg.manager_addrs, addr);
+            if merged != *addrs {
+                *addrs = merged;
+                on_addrs(addrs);
             }
-            on_addrs(addrs);
         }
         publisher.apply(
             std::mem::take(&mut msg.log_subscriptions),
@@ -282,5 +299,44 @@ async fn report(channel: Channel, session_id: String, statuses: StatusQueue) {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn after_a_session_ends_the_next_attempt_is_another_manager() {
+        // Joined through m1 (index 0); during the session the managers announced their list in
+        // another order. When m1 dies, the next attempt must not be m1 again.
+        let announced = addrs(&["m2", "m1", "m3"]);
+        let next = next_after(&announced, "m1", 0);
+        assert_eq!(announced[next % announced.len()], "m3");
+        // The last one wraps around to the first.
+        let next = next_after(&announced, "m3", 0);
+        assert_eq!(announced[next % announced.len()], "m2");
+        // An address no longer listed: move on from where we were.
+        assert_eq!(next_after(&announced, "gone", 1), 2);
+    }
+
+    #[test]
+    fn announced_addresses_keep_the_one_in_use() {
+        assert_eq!(
+            merge_addrs(&addrs(&["m1", "m2"]), "m2"),
+            addrs(&["m1", "m2"])
+        );
+        // Reached through an address the managers do not announce (a join address by name).
+        let merged = merge_addrs(&addrs(&["m1", "m2"]), "managers.local:4242");
+        assert_eq!(merged, addrs(&["m1", "m2", "managers.local:4242"]));
+        // Announcing the same list again changes nothing (no rewrite of the saved config).
+        assert_eq!(
+            merge_addrs(&addrs(&["m1", "m2"]), "managers.local:4242"),
+            merged
+        );
     }
 }

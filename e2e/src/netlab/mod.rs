@@ -1,6 +1,8 @@
 //! A multi-host lab on one machine: network namespaces `cl-<name>-h<i>` joined by veth pairs to a
 //! bridge in a namespace of its own (`cl-<name>-net`; nothing is added to the root namespace),
 //! a docker-registry with a busybox image in h1, a manager in h1 and an agent in every host.
+//! [`NetLab::up_with_managers`] adds managers in h2..hN that join with the manager token (for
+//! failover tests); the CLI config then lists every manager.
 //!
 //! Addresses are `10.213.<k>.<i>/24`, `k` derived from the lab name. Every lab has its own
 //! bridge namespace, so labs never see each other even when their `k` collide.
@@ -17,7 +19,7 @@
 
 pub mod image;
 
-use crate::process::{INIT_DONE, spawn_tied};
+use crate::process::{INIT_DONE, JOIN_DONE, spawn_tied};
 use crate::wait::Deadline;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
@@ -30,10 +32,24 @@ use std::time::{Duration, Instant};
 
 /// Port of the registry in h1.
 pub const REGISTRY_PORT: u16 = 5000;
-/// Port of the manager in h1.
+/// Port of the manager in h1 (and of the managers in other hosts, if any).
 pub const MANAGER_PORT: u16 = 4242;
 /// Hostname of the manager's own node (h1 also runs an agent, whose node is `h1`).
 pub const MANAGER_HOSTNAME: &str = "h1-manager";
+
+/// Hostname of the node of the manager in host `i` (`h<i>-manager`).
+pub fn manager_hostname(i: usize) -> String {
+    format!("h{i}-manager")
+}
+
+/// The lab's process name of the manager in host `i`: `manager` for h1, `manager-h<i>` else.
+fn manager_proc(i: usize) -> String {
+    if i == 1 {
+        "manager".to_string()
+    } else {
+        format!("manager-h{i}")
+    }
+}
 /// How long one CLI run may take.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -148,7 +164,7 @@ fn ip(args: &[&str]) -> Result<()> {
 
 /// A process of the lab.
 struct Proc {
-    /// `registry`, `manager`, `agent-h<i>`.
+    /// `registry`, `manager`, `manager-h<i>`, `agent-h<i>`.
     name: String,
     child: Child,
 }
@@ -156,6 +172,9 @@ struct Proc {
 pub struct NetLab {
     pub name: String,
     pub hosts: usize,
+    /// How many managers: one in each of h1..=h`managers` (1 unless
+    /// [`NetLab::up_with_managers`]).
+    pub managers: usize,
     /// Third octet of the addresses.
     pub k: u8,
     pub dir: PathBuf,
@@ -171,23 +190,40 @@ impl NetLab {
     /// Builds and starts a lab of `hosts` hosts whose processes die with this process; tears
     /// down leftovers of an earlier run of the same name first.
     pub fn up(name: &str, hosts: usize) -> Result<NetLab> {
-        Self::start(name, hosts, true, None)
+        Self::start(name, hosts, 1, true, None)
+    }
+
+    /// Like [`NetLab::up`], with a manager in each of the hosts h1..=h`managers`: h1's creates
+    /// the cluster, the others join it with the manager token (every one a voter before the
+    /// agents start, so the agents learn every manager's address). No manager node takes tasks.
+    pub fn up_with_managers(name: &str, hosts: usize, managers: usize) -> Result<NetLab> {
+        Self::start(name, hosts, managers, true, None)
     }
 
     /// Like [`NetLab::up`], but the processes outlive this one (for a `lab up` command); call
     /// [`NetLab::detach`] and later `NetLab::teardown(name)` from any process.
     pub fn up_detached(name: &str, hosts: usize) -> Result<NetLab> {
-        Self::start(name, hosts, false, None)
+        Self::start(name, hosts, 1, false, None)
     }
 
     /// Like [`NetLab::up_detached`], with the daemons' binaries taken from `bin_dir` instead of
     /// [`crate::bins::bin_dir`] (`cluster lab up` uses its own directory).
     pub fn up_detached_with_bins(name: &str, hosts: usize, bin_dir: PathBuf) -> Result<NetLab> {
-        Self::start(name, hosts, false, Some(bin_dir))
+        Self::start(name, hosts, 1, false, Some(bin_dir))
     }
 
-    fn start(name: &str, hosts: usize, tied: bool, bin_dir: Option<PathBuf>) -> Result<NetLab> {
+    fn start(
+        name: &str,
+        hosts: usize,
+        managers: usize,
+        tied: bool,
+        bin_dir: Option<PathBuf>,
+    ) -> Result<NetLab> {
         anyhow::ensure!((1..=250).contains(&hosts), "hosts must be 1..=250");
+        anyhow::ensure!(
+            (1..=hosts).contains(&managers),
+            "managers must be 1..=hosts ({hosts})"
+        );
         anyhow::ensure!(
             !name.is_empty()
                 && name.len() <= 20
@@ -214,6 +250,7 @@ impl NetLab {
         let mut lab = NetLab {
             name: name.to_string(),
             hosts,
+            managers,
             k: subnet(name),
             dir,
             bin_dir,
@@ -226,6 +263,7 @@ impl NetLab {
             lab.create_network()?;
             lab.start_registry()?;
             lab.start_manager()?;
+            lab.join_managers()?;
             lab.start_agents()?;
             Ok(())
         })();
@@ -249,7 +287,17 @@ impl NetLab {
     }
 
     pub fn manager_addr(&self) -> String {
-        format!("{}:{MANAGER_PORT}", self.addr(1))
+        self.manager_addr_of(1)
+    }
+
+    /// The address of the manager in host `i` (1..=[`NetLab::managers`]).
+    pub fn manager_addr_of(&self, i: usize) -> String {
+        format!("{}:{MANAGER_PORT}", self.addr(i))
+    }
+
+    /// The host (1-based) of the manager listening at `addr`, if it is one of the lab's.
+    pub fn manager_host(&self, addr: &str) -> Option<usize> {
+        (1..=self.managers).find(|&i| self.manager_addr_of(i) == addr)
     }
 
     pub fn registry_addr(&self) -> String {
@@ -271,6 +319,21 @@ impl NetLab {
 
     pub fn agent_dir(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{i}/agent"))
+    }
+
+    /// The data dir of the manager in host `i`.
+    pub fn manager_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}/manager"))
+    }
+
+    /// The log of the agent of host `i` (its tracing output goes to stdout).
+    pub fn agent_log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("logs/agent-h{i}.out"))
+    }
+
+    /// The stderr log (tracing output) of the manager in host `i`.
+    pub fn manager_log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("logs/{}.log", manager_proc(i)))
     }
 
     fn create_network(&self) -> Result<()> {
@@ -522,6 +585,90 @@ impl NetLab {
         Ok(())
     }
 
+    /// Joins the managers of h2..=h`managers` one after the other, waits until all are
+    /// reachable voters, and lists them all in the CLI config.
+    fn join_managers(&mut self) -> Result<()> {
+        if self.managers < 2 {
+            return Ok(());
+        }
+        let token = self
+            .cli(&["join-token", "manager", "-q"])?
+            .trim()
+            .to_string();
+        let bin = self.bin_dir.join("cluster-manager");
+        for i in 2..=self.managers {
+            let name = manager_proc(i);
+            let args = vec![
+                "join".to_string(),
+                "--token".into(),
+                token.clone(),
+                "--join-addr".into(),
+                self.manager_addr(),
+                "--listen-addr".into(),
+                self.manager_addr_of(i),
+                "--hostname".into(),
+                manager_hostname(i),
+                "--data-dir".into(),
+                self.manager_dir(i).display().to_string(),
+                "--insecure-registry".into(),
+                self.registry_addr(),
+            ];
+            self.spawn(&name, i, &bin, &args)?;
+            let out = self.dir.join(format!("logs/{name}.out"));
+            let deadline = Deadline::after(START_TIMEOUT);
+            while !std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .contains(JOIN_DONE)
+            {
+                self.ensure_alive(&name)?;
+                if deadline.passed() {
+                    bail!("{name} did not print {JOIN_DONE:?} within {START_TIMEOUT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        let deadline = Deadline::after(START_TIMEOUT);
+        loop {
+            let info = self.cli_json(&["info"]);
+            let voters = info.as_ref().map_or(0, |info| {
+                info["managers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["reachability"] == "reachable" && m["membership"] == "voter")
+                    .count()
+            });
+            if voters == self.managers {
+                break;
+            }
+            if deadline.passed() {
+                bail!(
+                    "{voters} of {} managers are reachable voters after {START_TIMEOUT:?}: {info:?}",
+                    self.managers
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The CLI tries the managers in order: it keeps working when some are down.
+        let mut config = identity::AdminConfig::load(&self.admin_path())?;
+        config.managers = (1..=self.managers)
+            .map(|i| self.manager_addr_of(i))
+            .collect();
+        config.save(&self.admin_path())?;
+        config.save(&self.dir.join("admin.json"))?;
+        Ok(())
+    }
+
+    /// kill -9 the manager in host `i` (as a crash of its host's daemon).
+    pub fn kill_manager(&mut self, i: usize) -> Result<()> {
+        let p = self.proc_mut(&manager_proc(i))?;
+        if p.child.try_wait()?.is_none() {
+            kill(Pid::from_raw(p.child.id() as i32), Signal::SIGKILL)?;
+        }
+        p.child.wait()?;
+        Ok(())
+    }
+
     fn start_agents(&mut self) -> Result<()> {
         let token = self
             .cli(&["join-token", "worker", "-q"])?
@@ -546,14 +693,16 @@ impl NetLab {
             ];
             self.spawn(&format!("agent-h{i}"), i, &bin, &args)?;
         }
-        // The manager's own node runs no agent: keep tasks off it.
-        self.cli(&[
-            "node",
-            "update",
-            "--availability",
-            "drain",
-            MANAGER_HOSTNAME,
-        ])?;
+        // The managers' own nodes run no agent: keep tasks off them.
+        for i in 1..=self.managers {
+            self.cli(&[
+                "node",
+                "update",
+                "--availability",
+                "drain",
+                &manager_hostname(i),
+            ])?;
+        }
         let deadline = Deadline::after(START_TIMEOUT);
         loop {
             let ready = self.ready_hosts()?;
