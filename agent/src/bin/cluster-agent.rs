@@ -56,6 +56,7 @@ impl Common {
         RunOptions {
             runc_binary: self.runc.clone(),
             cgroup_parent: self.cgroup_parent.clone(),
+            ..Default::default()
         }
     }
 }

@@ -1,17 +1,26 @@
 //! The executor: runs the containers of the tasks assigned to the node and reports their states.
 //! Decisions come from [`plan::decide`](super::plan::decide); this module carries them out.
+//!
+//! It also collects unused images ([`Images::collect`]): every [`ImageGcOptions::interval`], and
+//! [`ImageGcOptions::after_removal`] after the last of a burst of container removals. A
+//! collection keeps the images of the assigned tasks and of the containers still on the node
+//! ([`plan::keep_images`](super::plan::keep_images)), and never overlaps a prepare: prepares hold
+//! the executor's image lock shared, a collection holds it exclusively and only ever tries to
+//! take it (a collection waits for prepares, never the other way round).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use proto::v1::{Assignment, TaskStatus};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, RwLock, Semaphore, mpsc};
+use tokio::time::Instant;
 
 use super::container::{container_spec, exit_status, status, stop_params, wants_run};
-use super::plan::{Action, Phase, decide};
-use crate::image::{ImageConfig, ImageStore, Rootfs, mount_rootfs};
+use super::plan::{Action, ImageUse, Keep, Phase, decide, keep_images};
+use crate::image::{GcStats, ImageConfig, ImageRef, ImageStore, Rootfs, digest_hex, mount_rootfs};
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, DEFAULT_STOP_GRACE, DEFAULT_STOP_SIGNAL, ExitInfo, MountSpec,
     Signal,
@@ -19,9 +28,42 @@ use crate::runtime::{
 
 /// An image ready for one task: its config and the mounted root filesystem.
 pub struct Prepared {
+    /// The pinned reference (`...@sha256:...`) the rootfs was made from.
+    pub image: String,
     pub config: ImageConfig,
     pub rootfs: PathBuf,
 }
+
+/// What an image collection freed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// The removed images, by the reference they were last pulled as.
+    pub images: Vec<String>,
+    pub stats: GcStats,
+}
+
+/// When the executor collects unused images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageGcOptions {
+    /// Between two collections (default 5 minutes).
+    pub interval: Duration,
+    /// From the last of a burst of container removals to a collection (default 10 s).
+    pub after_removal: Duration,
+}
+
+impl Default for ImageGcOptions {
+    fn default() -> Self {
+        ImageGcOptions {
+            interval: Duration::from_secs(300),
+            after_removal: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How soon a collection that found a prepare under way tries again: `after_removal`, within
+/// these bounds.
+const GC_RETRY: Duration = Duration::from_secs(1);
+const GC_RETRY_MIN: Duration = Duration::from_millis(10);
 
 /// Images and root filesystems, behind a trait so the executor is testable without a registry.
 pub trait Images: Send + Sync + 'static {
@@ -33,7 +75,16 @@ pub trait Images: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Prepared, String>> + Send;
     /// Unmounts and deletes the task's rootfs.
     fn release(&self, task_id: &str) -> impl Future<Output = ()> + Send;
+    /// Removes the images `keep` does not need; the executor calls it with no prepare under way.
+    /// `Ok(None)`: nothing collected, as the image of one of `keep.containers` is unknown.
+    fn collect(
+        &self,
+        keep: &Keep,
+    ) -> impl Future<Output = Result<Option<Collected>, String>> + Send;
 }
+
+/// The file in a task's container dir naming the pinned image its rootfs was made from.
+const IMAGE_RECORD: &str = "image";
 
 /// [`Images`] backed by the [`ImageStore`], rootfs under `<containers>/<task id>`.
 pub struct StoreImages {
@@ -54,8 +105,12 @@ impl Images for StoreImages {
         tokio::task::spawn_blocking(move || {
             let mut old = Rootfs::adopt(&dir);
             old.unmount().map_err(|e| e.to_string())?;
+            // Recorded before mounting: a later agent process knows what to keep for it.
+            write_image_record(&dir, &image.reference)
+                .map_err(|e| format!("recording the image of the rootfs: {e}"))?;
             let rootfs = mount_rootfs(&image, &dir).map_err(|e| e.to_string())?;
             Ok(Prepared {
+                image: image.reference,
                 config: image.config,
                 rootfs: rootfs.keep_mounted(),
             })
@@ -81,6 +136,110 @@ impl Images for StoreImages {
         });
         let _ = released.await;
     }
+
+    async fn collect(&self, keep: &Keep) -> Result<Option<Collected>, String> {
+        let (root, containers, keep) = (
+            self.store.root().to_path_buf(),
+            self.containers.clone(),
+            keep.clone(),
+        );
+        let plan = tokio::task::spawn_blocking(move || plan_collection(&root, &containers, &keep))
+            .await
+            .map_err(|e| format!("image collection task: {e}"))??;
+        let Some(plan) = plan else {
+            return Ok(None);
+        };
+        let stats = self.store.gc(&plan.keep).await.map_err(|e| e.to_string())?;
+        Ok(Some(Collected {
+            images: plan.removed,
+            stats,
+        }))
+    }
+}
+
+fn write_image_record(dir: &Path, reference: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{IMAGE_RECORD}.tmp"));
+    std::fs::write(&tmp, reference)?;
+    std::fs::rename(&tmp, dir.join(IMAGE_RECORD))
+}
+
+/// What an image collection of the store keeps and removes.
+struct CollectionPlan {
+    /// Digests of the images kept.
+    keep: Vec<String>,
+    /// References of the recorded images that go.
+    removed: Vec<String>,
+}
+
+/// What an image collection keeps and removes; `None` when a container's image cannot be told
+/// (nothing is collected then). Blocking.
+///
+/// A pinned reference keeps its digest; a tag keeps every image the store recorded it was
+/// pulled as (`images/<hex>` holds the pinned reference last pulled); a container of
+/// `keep.containers` keeps the image its rootfs records.
+fn plan_collection(
+    store_root: &Path,
+    containers: &Path,
+    keep: &Keep,
+) -> Result<Option<CollectionPlan>, String> {
+    let dir = store_root.join("images");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    // (digest, reference recorded for it)
+    let mut records: Vec<(String, String)> = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let reference = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        records.push((format!("sha256:{name}"), reference.trim().to_string()));
+    }
+    let mut digests: BTreeSet<String> = BTreeSet::new();
+    for reference in &keep.references {
+        match ImageRef::parse(reference) {
+            Ok(r) if r.digest.is_some() => digests.extend(r.digest),
+            Ok(tag) => digests.extend(
+                records
+                    .iter()
+                    .filter(|(_, recorded)| {
+                        ImageRef::parse(recorded)
+                            .is_ok_and(|p| ImageRef { digest: None, ..p } == tag)
+                    })
+                    .map(|(d, _)| d.clone()),
+            ),
+            // Never pulled (the store parses the same way); keep what it might pin anyway.
+            Err(_) => digests.extend(reference.rsplit_once('@').map(|(_, d)| d.to_string())),
+        }
+    }
+    for task in &keep.containers {
+        let dir = containers.join(task);
+        let recorded = std::fs::read_to_string(dir.join(IMAGE_RECORD));
+        let digest = recorded.as_ref().ok().and_then(|r| {
+            let d = r.trim().rsplit_once('@')?.1;
+            digest_hex(d).map(|_| d.to_string())
+        });
+        match digest {
+            Some(d) => {
+                digests.insert(d);
+            }
+            // No container dir: no rootfs made from this store.
+            None if !dir.exists() => {}
+            None => {
+                tracing::info!(
+                    task = %task,
+                    "image collection postponed: the image of a container from an earlier agent is unknown"
+                );
+                return Ok(None);
+            }
+        }
+    }
+    let removed = records
+        .into_iter()
+        .filter(|(d, _)| !digests.contains(d))
+        .map(|(_, r)| r)
+        .collect();
+    Ok(Some(CollectionPlan {
+        keep: digests.into_iter().collect(),
+        removed,
+    }))
 }
 
 /// Status updates waiting to be sent to the managers (shared with the session, kept across
@@ -136,7 +295,7 @@ enum Event {
     /// Image and rootfs are ready (`None`: preparing failed, reported).
     Prepared {
         id: String,
-        spec: Option<Box<(ContainerSpec, Signal)>>,
+        spec: Option<Box<(ContainerSpec, Signal, String)>>,
     },
     /// `run` returned: whether the container runs.
     Started {
@@ -153,6 +312,10 @@ enum Event {
     Removed {
         id: String,
     },
+    /// An image collection ended (it held the image lock until then).
+    Collected {
+        result: Result<Option<Collected>, String>,
+    },
 }
 
 struct Local {
@@ -160,6 +323,8 @@ struct Local {
     signal: Signal,
     /// Set while [`Phase::Ready`].
     prepared: Option<ContainerSpec>,
+    /// The image of the task's rootfs, kept by image collections until the entry goes.
+    image: ImageUse,
 }
 
 impl Local {
@@ -168,6 +333,7 @@ impl Local {
             phase,
             signal: DEFAULT_STOP_SIGNAL,
             prepared: None,
+            image: ImageUse::None,
         }
     }
 }
@@ -185,6 +351,14 @@ pub struct Executor<R, I> {
     rx: mpsc::UnboundedReceiver<Event>,
     /// Bounds the container starts in flight (see [`start_slots`]).
     start_slots: Arc<Semaphore>,
+    /// Prepares hold it shared, image collections exclusively.
+    image_lock: Arc<RwLock<()>>,
+    gc: ImageGcOptions,
+    /// The next periodic collection (or retry).
+    gc_at: Instant,
+    /// A collection after removals (debounced).
+    gc_soon: Option<Instant>,
+    gc_running: bool,
 }
 
 /// How many containers may be starting at once. Each start is a few short-lived runc processes
@@ -209,7 +383,19 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             tx,
             rx,
             start_slots: Arc::new(Semaphore::new(start_slots())),
+            image_lock: Arc::new(RwLock::new(())),
+            gc: ImageGcOptions::default(),
+            gc_at: Instant::now() + ImageGcOptions::default().interval,
+            gc_soon: None,
+            gc_running: false,
         }
+    }
+
+    /// When to collect unused images (default: [`ImageGcOptions::default`]).
+    pub fn with_image_gc(mut self, gc: ImageGcOptions) -> Self {
+        self.gc = gc;
+        self.gc_at = Instant::now() + gc.interval;
+        self
     }
 
     /// Re-adopts the runtime's containers, then follows the inputs until they end.
@@ -217,12 +403,16 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         self.adopt().await;
         tracing::debug!(containers = self.local.len(), "executor ready");
         loop {
+            let gc_at = self.gc_soon.map_or(self.gc_at, |t| t.min(self.gc_at));
+            // Not before the first full assignment set: until then, what is needed is unknown.
+            let gc_due = self.synced && !self.gc_running;
             tokio::select! {
                 input = inputs.recv() => match input {
                     Some(input) => self.apply(input),
                     None => break,
                 },
                 Some(event) = self.rx.recv() => self.on_event(event),
+                () = tokio::time::sleep_until(gc_at), if gc_due => self.start_gc(),
             }
             if self.synced {
                 for action in decide(&self.assigned, &self.phases()) {
@@ -250,8 +440,9 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         };
         for info in list {
             tracing::info!(container = %info.id, status = ?info.status, "re-adopting container");
-            self.local
-                .insert(info.id.clone(), Local::new(Phase::Running));
+            let mut local = Local::new(Phase::Running);
+            local.image = ImageUse::Unknown;
+            self.local.insert(info.id.clone(), local);
             self.watch(info.id);
         }
     }
@@ -296,12 +487,13 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             Event::Prepared { id, spec } => {
                 let mut local = Local::new(Phase::Finished);
                 if let Some(prepared) = spec {
-                    let (spec, signal) = *prepared;
+                    let (spec, signal, image) = *prepared;
                     self.statuses.push(status(&id, "ready", "prepared"));
                     local = Local {
                         phase: Phase::Ready,
                         signal,
                         prepared: Some(spec),
+                        image: ImageUse::Known(image),
                     };
                 }
                 self.local.insert(id, local);
@@ -343,8 +535,56 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             }
             Event::Removed { id } => {
                 self.local.remove(&id);
+                // Debounced: a burst of removals leads to one collection.
+                self.gc_soon = Some(Instant::now() + self.gc.after_removal);
+            }
+            Event::Collected { result } => {
+                self.gc_running = false;
+                self.gc_at = Instant::now() + self.gc.interval;
+                match result {
+                    Ok(Some(c)) if c.stats != GcStats::default() => tracing::info!(
+                        images = ?c.images,
+                        images_removed = c.stats.images_removed,
+                        layers_removed = c.stats.layers_removed,
+                        blobs_removed = c.stats.blobs_removed,
+                        "unused images collected"
+                    ),
+                    Ok(Some(_)) => tracing::debug!("image collection: nothing unused"),
+                    Ok(None) => tracing::debug!("image collection postponed"),
+                    Err(e) => tracing::warn!(error = %e, "image collection failed"),
+                }
             }
         }
+    }
+
+    /// Starts an image collection unless a prepare is under way (then it tries again soon).
+    fn start_gc(&mut self) {
+        let now = Instant::now();
+        let Ok(exclusive) = self.image_lock.clone().try_write_owned() else {
+            self.gc_soon = None;
+            self.gc_at = now + GC_RETRY.min(self.gc.after_removal).max(GC_RETRY_MIN);
+            return;
+        };
+        // Prepares send their result before they let go of the lock: take in those that ended
+        // before it was taken, so that their images are known.
+        while let Ok(event) = self.rx.try_recv() {
+            self.on_event(event);
+        }
+        self.gc_soon = None;
+        let uses: HashMap<String, ImageUse> = self
+            .local
+            .iter()
+            .map(|(id, l)| (id.clone(), l.image.clone()))
+            .collect();
+        let keep = keep_images(&self.assigned, &uses);
+        tracing::debug!(?keep, "collecting unused images");
+        self.gc_running = true;
+        let (images, tx) = (self.images.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = images.collect(&keep).await;
+            drop(exclusive);
+            let _ = tx.send(Event::Collected { result });
+        });
     }
 
     fn set_phase(&mut self, id: &str, phase: Phase) {
@@ -359,7 +599,12 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             Action::Run(id) => self.run_prepared(id),
             Action::Discard(id) => {
                 self.statuses.push(status(&id, "shutdown", "shutdown"));
-                self.local.insert(id.clone(), Local::new(Phase::Finished));
+                // The rootfs stays until released: so does its image.
+                let mut local = Local::new(Phase::Finished);
+                if let Some(old) = self.local.remove(&id) {
+                    local.image = old.image;
+                }
+                self.local.insert(id.clone(), local);
                 let images = self.images.clone();
                 tokio::spawn(async move { images.release(&id).await });
             }
@@ -425,7 +670,10 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         self.statuses.push(status(&id, "preparing", "preparing"));
         let (images, tx) = (self.images.clone(), self.tx.clone());
         let (statuses, volumes) = (self.statuses.clone(), self.volumes.clone());
+        let lock = self.image_lock.clone();
         tokio::spawn(async move {
+            // Held until the result is sent (see `start_gc`).
+            let _shared = lock.read_owned().await;
             let prepared = match images.prepare(&spec.image, &id).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -447,7 +695,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             let (signal, _) = stop_params(&spec, &prepared.config);
             let _ = tx.send(Event::Prepared {
                 id,
-                spec: Some(Box::new((cspec, signal))),
+                spec: Some(Box::new((cspec, signal, prepared.image))),
             });
         });
     }

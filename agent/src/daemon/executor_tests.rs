@@ -5,9 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::v1::{Assignment, ServiceSpec, Task, TaskStatus};
-use tokio::sync::mpsc;
+use sha2::Digest as _;
+use tokio::sync::{Semaphore, mpsc};
 
-use super::executor::{Executor, Images, Input, Prepared, StatusQueue};
+use super::executor::{Collected, Executor, ImageGcOptions, Images, Input, Prepared, StatusQueue};
+use super::plan::Keep;
 use crate::image::ImageConfig;
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{ContainerRuntime, ContainerSpec, ExitInfo, Signal};
@@ -16,10 +18,44 @@ use crate::runtime::{ContainerRuntime, ContainerSpec, ExitInfo, Signal};
 struct FakeImages {
     fail: Mutex<Option<String>>,
     released: Mutex<Vec<String>>,
+    /// What each collection was asked to keep.
+    collections: Mutex<Vec<Keep>>,
+    /// While set, prepares (or releases) wait until it is opened (a permit added).
+    prepare_gate: Mutex<Option<Arc<Semaphore>>>,
+    release_gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Prepares under way, and whether a collection ever saw one.
+    preparing: std::sync::atomic::AtomicUsize,
+    overlapped: std::sync::atomic::AtomicBool,
+}
+
+/// What the fake resolves `reference` to: pinned to a digest made from its name.
+fn fake_pin(reference: &str) -> String {
+    if reference.contains('@') {
+        return reference.to_string();
+    }
+    let hex = hex::encode(sha2::Sha256::digest(reference.as_bytes()));
+    format!("{reference}@sha256:{hex}")
+}
+
+async fn pass(gate: &Mutex<Option<Arc<Semaphore>>>) {
+    let gate = gate.lock().unwrap().clone();
+    if let Some(g) = gate {
+        let _ = g.acquire().await.unwrap();
+    }
+}
+
+impl FakeImages {
+    fn collections(&self) -> Vec<Keep> {
+        self.collections.lock().unwrap().clone()
+    }
 }
 
 impl Images for FakeImages {
-    async fn prepare(&self, _reference: &str, task_id: &str) -> Result<Prepared, String> {
+    async fn prepare(&self, reference: &str, task_id: &str) -> Result<Prepared, String> {
+        use std::sync::atomic::Ordering;
+        self.preparing.fetch_add(1, Ordering::SeqCst);
+        pass(&self.prepare_gate).await;
+        self.preparing.fetch_sub(1, Ordering::SeqCst);
         if let Some(e) = self.fail.lock().unwrap().clone() {
             return Err(e);
         }
@@ -31,12 +67,22 @@ impl Images for FakeImages {
             ..Default::default()
         };
         Ok(Prepared {
+            image: fake_pin(reference),
             config,
             rootfs: PathBuf::from("/containers").join(task_id).join("rootfs"),
         })
     }
     async fn release(&self, task_id: &str) {
+        pass(&self.release_gate).await;
         self.released.lock().unwrap().push(task_id.into());
+    }
+    async fn collect(&self, keep: &Keep) -> Result<Option<Collected>, String> {
+        use std::sync::atomic::Ordering;
+        if self.preparing.load(Ordering::SeqCst) > 0 {
+            self.overlapped.store(true, Ordering::SeqCst);
+        }
+        self.collections.lock().unwrap().push(keep.clone());
+        Ok(Some(Collected::default()))
     }
 }
 
@@ -50,7 +96,11 @@ struct Harness {
 
 impl Harness {
     fn start(rt: FakeRuntime) -> Harness {
-        let images = Arc::new(FakeImages::default());
+        Self::with_images(rt, FakeImages::default(), ImageGcOptions::default())
+    }
+
+    fn with_images(rt: FakeRuntime, images: FakeImages, gc: ImageGcOptions) -> Harness {
+        let images = Arc::new(images);
         let statuses = StatusQueue::default();
         let (tx, rx) = mpsc::channel(16);
         let ex = Executor::new(
@@ -58,7 +108,8 @@ impl Harness {
             images.clone(),
             "/volumes".into(),
             statuses.clone(),
-        );
+        )
+        .with_image_gc(gc);
         tokio::spawn(ex.run(rx));
         Harness {
             rt,
@@ -339,4 +390,161 @@ async fn desired_ready_waits_for_running() {
     })
     .await;
     assert_eq!(h.rt.runs().len(), 1);
+}
+
+fn with_image(mut a: Assignment, image: &str) -> Assignment {
+    a.spec.as_mut().unwrap().image = image.into();
+    a
+}
+
+fn pinned(name: &str) -> String {
+    format!("{name}@sha256:{}", "a".repeat(64))
+}
+
+fn keep(references: &[&str], containers: &[&str]) -> Keep {
+    let mut references: Vec<String> = references.iter().map(|r| r.to_string()).collect();
+    references.sort();
+    Keep {
+        references,
+        containers: containers.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn image_collection_keeps_assigned_tasks_and_existing_containers() {
+    let rt = FakeRuntime::new();
+    // Found at start and not assigned: removed, but its release waits at the gate meanwhile.
+    rt.run(&ContainerSpec {
+        id: "old".into(),
+        args: vec!["sh".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let images = FakeImages::default();
+    let gate = Arc::new(Semaphore::new(0));
+    *images.release_gate.lock().unwrap() = Some(gate.clone());
+    let gc = ImageGcOptions {
+        interval: Duration::from_millis(30),
+        after_removal: Duration::from_millis(10),
+    };
+    let mut h = Harness::with_images(rt, images, gc);
+    let a = pinned("reg/a:1");
+    h.send(Input::Full(vec![
+        with_image(assign("t1", "running", "assigned"), &a),
+        // Unpinned (--no-resolve-image): the tag and what it was resolved to are kept.
+        with_image(assign("t2", "running", "assigned"), "reg/b:1"),
+        // Assigned, never run here.
+        with_image(assign("t3", "shutdown", "shutdown"), "reg/c:1"),
+        // Exits, and its container stays until the task is removed.
+        with_image(assign("t4", "running", "assigned"), "reg/d:1"),
+    ]))
+    .await;
+    for t in ["t1", "t2", "t4"] {
+        h.wait_state(t, "running").await;
+    }
+    h.rt.exit("t4", exit(0, false));
+    h.wait_state("t4", "complete").await;
+    let (b, d) = (fake_pin("reg/b:1"), fake_pin("reg/d:1"));
+    let all = keep(&[&a, "reg/b:1", &b, "reg/c:1", "reg/d:1", &d], &["old"]);
+    h.wait_until("a collection keeping every image in use", || {
+        h.images.collections().contains(&all)
+    })
+    .await;
+    assert!(
+        h.images
+            .collections()
+            .iter()
+            .all(|k| k.containers == ["old"] && k.references.contains(&a)),
+        "{:#?}",
+        h.images.collections()
+    );
+
+    // t1 goes, "old" is released: their images are no longer kept.
+    h.send(Input::Delta {
+        assignments: vec![],
+        removed: vec!["t1".into()],
+    })
+    .await;
+    gate.add_permits(1);
+    let rest = keep(&["reg/b:1", &b, "reg/c:1", "reg/d:1", &d], &[]);
+    h.wait_until("a collection without t1 and old", || {
+        h.images.collections().last() == Some(&rest)
+    })
+    .await;
+    assert!(
+        !h.images
+            .overlapped
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn image_collection_follows_removals_debounced() {
+    let gc = ImageGcOptions {
+        interval: Duration::from_secs(3600),
+        after_removal: Duration::from_millis(100),
+    };
+    let mut h = Harness::with_images(FakeRuntime::new(), FakeImages::default(), gc);
+    let (a, b, c) = (pinned("reg/a:1"), pinned("reg/b:1"), pinned("reg/c:1"));
+    h.send(Input::Full(vec![
+        with_image(assign("t1", "running", "assigned"), &a),
+        with_image(assign("t2", "running", "assigned"), &b),
+        with_image(assign("t3", "running", "assigned"), &c),
+    ]))
+    .await;
+    for t in ["t1", "t2", "t3"] {
+        h.wait_state(t, "running").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.images.collections().is_empty(), "nothing removed yet");
+    h.send(Input::Delta {
+        assignments: vec![],
+        removed: vec!["t1".into(), "t2".into()],
+    })
+    .await;
+    h.wait_until("a collection after the removals", || {
+        !h.images.collections().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.images.collections(), [keep(&[&c], &[])], "one collection");
+}
+
+#[tokio::test]
+async fn image_collection_never_overlaps_a_prepare() {
+    let images = FakeImages::default();
+    let gate = Arc::new(Semaphore::new(0));
+    *images.prepare_gate.lock().unwrap() = Some(gate.clone());
+    let gc = ImageGcOptions {
+        interval: Duration::from_millis(20),
+        after_removal: Duration::from_millis(20),
+    };
+    let mut h = Harness::with_images(FakeRuntime::new(), images, gc);
+    h.send(Input::Full(vec![with_image(
+        assign("t1", "running", "assigned"),
+        "reg/a:1",
+    )]))
+    .await;
+    h.wait_state("t1", "preparing").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        h.images.collections().is_empty(),
+        "collected during a prepare"
+    );
+    gate.add_permits(1);
+    h.wait_state("t1", "running").await;
+    let pinned = fake_pin("reg/a:1");
+    h.wait_until("a collection keeping the prepared image", || {
+        h.images
+            .collections()
+            .iter()
+            .any(|k| k.references.contains(&pinned))
+    })
+    .await;
+    assert!(
+        !h.images
+            .overlapped
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
 }

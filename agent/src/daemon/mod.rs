@@ -2,7 +2,8 @@
 //! leader ([`session`]) and runs the assigned tasks' containers ([`executor`]).
 //!
 //! Data dir layout: `agent.json` (config), `node.json` (credentials), `images/`, `runtime/`,
-//! `containers/<task id>/` (root filesystems), `volumes/<name>/_data`.
+//! `containers/<task id>/` (root filesystems, and `image`: the pinned image each was made from),
+//! `volumes/<name>/_data`.
 
 pub mod container;
 pub mod executor;
@@ -26,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::image::{ImageStore, RegistryClient, RegistryConfig};
 use crate::runtime::{ContainerRuntime, Runtime, RuntimeConfig};
-use executor::{Executor, Images, StatusQueue, StoreImages};
+use executor::{Executor, ImageGcOptions, Images, StatusQueue, StoreImages};
 
 /// What `join` learned and the command line gave, kept in `agent.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -163,6 +164,8 @@ pub struct RunOptions {
     pub runc_binary: Option<PathBuf>,
     /// Parent cgroup of the containers (default `cluster`, relative to the agent's).
     pub cgroup_parent: Option<PathBuf>,
+    /// When unused images are collected.
+    pub image_gc: ImageGcOptions,
 }
 
 /// Runs the agent from its data dir until the returned future is dropped.
@@ -189,7 +192,7 @@ pub async fn run(data_dir: &Path, opts: &RunOptions) -> Result<()> {
         store,
         containers: data_dir.join("containers"),
     });
-    serve(data_dir, config, creds, runtime, images).await
+    serve(data_dir, config, creds, runtime, images, opts.image_gc).await
 }
 
 /// The session and the executor over a given runtime and image source.
@@ -199,11 +202,13 @@ pub async fn serve<R: ContainerRuntime, I: Images>(
     creds: Credentials,
     runtime: Arc<R>,
     images: Arc<I>,
+    image_gc: ImageGcOptions,
 ) -> Result<()> {
     let statuses = StatusQueue::default();
     let (tx, rx) = mpsc::channel(64);
     let logs: Arc<dyn log_publisher::LogSource> = runtime.clone();
-    let executor = Executor::new(runtime, images, data_dir.join("volumes"), statuses.clone());
+    let executor = Executor::new(runtime, images, data_dir.join("volumes"), statuses.clone())
+        .with_image_gc(image_gc);
     let exec = tokio::spawn(executor.run(rx));
     let dir = data_dir.to_path_buf();
     let saved = config.clone();

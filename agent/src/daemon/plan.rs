@@ -1,6 +1,7 @@
-//! The executor's decisions as a pure function: (assignments, local containers) -> actions.
+//! The executor's decisions as pure functions: (assignments, local containers) -> actions, and
+//! the images an image collection must keep.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto::v1::Assignment;
 
@@ -90,10 +91,74 @@ pub fn decide(
     actions
 }
 
+/// The image a task's local entry may hold a root filesystem of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageUse {
+    /// No rootfs: not prepared (yet), or preparing failed.
+    None,
+    /// Prepared by this process from this pinned reference (`...@sha256:...`).
+    Known(String),
+    /// A container found at start, prepared by an earlier agent process.
+    Unknown,
+}
+
+/// What an image collection must keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// Images as task specs and prepares name them: pinned references, or tags (whatever a tag
+    /// was resolved to on this node is kept). Sorted, without duplicates.
+    pub references: Vec<String>,
+    /// Containers (task ids) whose image only the image store's own records can tell: found at
+    /// start and not assigned with a pinned image. Sorted.
+    pub containers: Vec<String>,
+}
+
+fn is_pinned(reference: &str) -> bool {
+    reference.contains('@')
+}
+
+/// The images to keep: those of every assigned task (to start, or started), and of every local
+/// container (`uses`, by task id), running or stopped but not yet removed.
+pub fn keep_images(
+    assigned: &BTreeMap<String, Assignment>,
+    uses: &HashMap<String, ImageUse>,
+) -> Keep {
+    let spec_image = |id: &str| {
+        assigned
+            .get(id)
+            .and_then(|a| a.spec.as_ref())
+            .map(|s| s.image.as_str())
+            .filter(|i| !i.is_empty())
+    };
+    let mut references: BTreeSet<String> = assigned
+        .keys()
+        .filter_map(|id| spec_image(id))
+        .map(str::to_string)
+        .collect();
+    let mut containers = BTreeSet::new();
+    for (id, used) in uses {
+        match used {
+            ImageUse::None => {}
+            ImageUse::Known(r) => {
+                references.insert(r.clone());
+            }
+            // A task's spec does not change: a pinned one is what its container was made from.
+            ImageUse::Unknown if spec_image(id).is_some_and(is_pinned) => {}
+            ImageUse::Unknown => {
+                containers.insert(id.clone());
+            }
+        }
+    }
+    Keep {
+        references: references.into_iter().collect(),
+        containers: containers.into_iter().collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::v1::Task;
+    use proto::v1::{ServiceSpec, Task};
 
     fn assign(id: &str, desired: &str, state: &str) -> (String, Assignment) {
         let task = Task {
@@ -193,5 +258,61 @@ mod tests {
             [Action::Remove("a".into()), Action::Remove("b".into())]
         );
         assert_eq!(run(&[], &[("a", Phase::Removing)]), []);
+    }
+
+    fn with_image(mut a: (String, Assignment), image: &str) -> (String, Assignment) {
+        a.1.spec = Some(ServiceSpec {
+            image: image.into(),
+            ..Default::default()
+        });
+        a
+    }
+
+    #[test]
+    fn collection_keeps_assigned_and_local_images() {
+        let pinned = |r: &str| format!("{r}@sha256:{}", "a".repeat(64));
+        let assigned: BTreeMap<String, Assignment> = [
+            with_image(assign("new", "running", "assigned"), &pinned("r/new:1")),
+            with_image(assign("done", "shutdown", "complete"), &pinned("r/done:1")),
+            with_image(assign("tag", "running", "running"), "r/tag:1"),
+            with_image(
+                assign("adopted", "running", "running"),
+                &pinned("r/adopted:1"),
+            ),
+            with_image(assign("adopted-tag", "running", "running"), "r/atag:1"),
+            assign("no-spec", "running", "assigned"),
+        ]
+        .into_iter()
+        .collect();
+        let uses: HashMap<String, ImageUse> = [
+            ("new", ImageUse::None),
+            ("tag", ImageUse::Known(pinned("r/tag:1"))),
+            ("adopted", ImageUse::Unknown),
+            ("adopted-tag", ImageUse::Unknown),
+            ("old", ImageUse::Unknown),
+            ("removing", ImageUse::Known(pinned("r/removing:1"))),
+            ("failed", ImageUse::None),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let keep = keep_images(&assigned, &uses);
+        assert_eq!(
+            keep.references,
+            [
+                pinned("r/adopted:1"),
+                "r/atag:1".into(),
+                pinned("r/done:1"),
+                pinned("r/new:1"),
+                pinned("r/removing:1"),
+                "r/tag:1".into(),
+                pinned("r/tag:1"),
+            ]
+        );
+        assert_eq!(keep.containers, ["adopted-tag", "old"]);
+        assert_eq!(
+            keep_images(&BTreeMap::new(), &HashMap::new()),
+            Keep::default()
+        );
     }
 }
