@@ -674,7 +674,10 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         tokio::spawn(async move {
             // Held until the result is sent (see `start_gc`).
             let _shared = lock.read_owned().await;
-            let prepared = match images.prepare(&spec.image, &id).await {
+            let began = std::time::Instant::now();
+            let prepared = images.prepare(&spec.image, &id).await;
+            tracing::debug!(task = %id, took = ?began.elapsed(), "prepared");
+            let prepared = match prepared {
                 Ok(p) => p,
                 Err(e) => {
                     let mut st = status(&id, "rejected", "preparing failed");
@@ -712,9 +715,12 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         let (runtime, images, tx) = (self.runtime.clone(), self.images.clone(), self.tx.clone());
         let (statuses, slots) = (self.statuses.clone(), self.start_slots.clone());
         tokio::spawn(async move {
+            let queued = std::time::Instant::now();
             let slot = slots.acquire_owned().await;
+            let began = std::time::Instant::now();
             let started = runtime.run(&cspec).await;
             drop(slot);
+            tracing::debug!(task = %id, waited = ?began - queued, took = ?began.elapsed(), "container started");
             match started {
                 Ok(info) => {
                     let mut st = status(&id, "running", "started");
