@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use agent::image::{ImageError, RegistryClient, RegistryConfig};
+use agent::image::{ImageError, RegistryClient, RegistryConfig, RegistryError};
 use support::{E, Layer, Registry};
 
 #[tokio::test]
@@ -73,7 +73,10 @@ async fn pull_unpack_pin_then_warm_offline() {
     // A tag must be resolved: with the registry gone, that is a clear connection error.
     let err = store.ensure_image(&tag).await.unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ImageError::Registry { .. }), "{err:?}");
+    assert!(
+        matches!(err, ImageError::Registry(RegistryError::Registry { .. })),
+        "{err:?}"
+    );
     assert!(
         msg.contains(&tag) && msg.contains("connection refused"),
         "{msg}"
@@ -174,7 +177,9 @@ async fn corrupted_blob_is_refused_and_discarded() {
     let err = store.ensure_image(&image).await.unwrap_err();
     eprintln!("corrupt: {err}");
     match &err {
-        ImageError::DigestMismatch { expected, .. } => assert_eq!(*expected, layer_digest),
+        ImageError::Registry(RegistryError::DigestMismatch { expected, .. }) => {
+            assert_eq!(*expected, layer_digest)
+        }
         other => panic!("expected a digest mismatch, got {other:?}"),
     }
     assert!(err.to_string().contains("test/corrupt"), "{err}");

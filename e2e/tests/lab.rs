@@ -128,35 +128,6 @@ fn remove(lab: &NetLab, service: &str) {
         .unwrap_or_else(|e| panic!("service rm {service}: {e:#}"));
 }
 
-/// The pid and kernel start time (clock ticks since boot) of a container's init process, read
-/// through runc on host `i`: equal before and after means the very same process.
-fn container_process(lab: &NetLab, i: usize, container: &str) -> (i32, u64) {
-    let root = lab.agent_dir(i).join("runtime/runc");
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(&root)
-        .args(["state", container])
-        .output()
-        .expect("runc state");
-    assert!(
-        out.status.success(),
-        "runc state {container} on h{i}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let state: Value = serde_json::from_slice(&out.stdout).expect("runc state JSON");
-    assert_eq!(state["status"], "running", "container {container}: {state}");
-    let pid = state["pid"].as_i64().expect("pid") as i32;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/pid/stat");
-    // Field 22 (starttime), counted after the parenthesised command name.
-    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
-    let start: u64 = after_comm
-        .split_whitespace()
-        .nth(19)
-        .and_then(|f| f.parse().ok())
-        .expect("starttime");
-    (pid, start)
-}
-
 #[test]
 fn lab_runs_services_across_hosts() {
     let test = "lab_runs_services_across_hosts";
@@ -305,7 +276,7 @@ fn lab_runs_services_across_hosts() {
                 .as_str()
                 .expect("container id")
                 .to_string();
-            let p = container_process(&lab, 2, &c);
+            let p = lab.container_process(2, &c).expect("container process");
             (c, p)
         })
         .collect();
@@ -328,7 +299,8 @@ fn lab_runs_services_across_hosts() {
     std::thread::sleep(Duration::from_secs(2));
     for (container, process) in &before {
         assert_eq!(
-            &container_process(&lab, 2, container),
+            &lab.container_process(2, container)
+                .expect("container process"),
             process,
             "container {container} on h2 was restarted by the agent restart"
         );

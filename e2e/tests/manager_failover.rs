@@ -99,33 +99,6 @@ fn host_index(hostname: &str) -> usize {
         .unwrap_or_else(|| panic!("not an agent host: {hostname}"))
 }
 
-/// The pid and kernel start time of a container's init process (runc state on host `i`): equal
-/// before and after means the very same process.
-fn container_process(lab: &NetLab, i: usize, container: &str) -> (i32, u64) {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(lab.agent_dir(i).join("runtime/runc"))
-        .args(["state", container])
-        .output()
-        .expect("runc state");
-    assert!(
-        out.status.success(),
-        "runc state {container} on h{i}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let state: Value = serde_json::from_slice(&out.stdout).expect("runc state JSON");
-    assert_eq!(state["status"], "running", "container {container}: {state}");
-    let pid = state["pid"].as_i64().expect("pid") as i32;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/pid/stat");
-    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
-    let start: u64 = after_comm
-        .split_whitespace()
-        .nth(19)
-        .and_then(|f| f.parse().ok())
-        .expect("starttime");
-    (pid, start)
-}
-
 /// The manager addresses of the "session open" lines of agent `i`'s log, in order.
 fn sessions_opened(lab: &NetLab, i: usize) -> Vec<String> {
     std::fs::read_to_string(lab.agent_log(i))
@@ -173,7 +146,13 @@ fn agents_fail_over_to_the_new_leader() {
     let before = running_tasks(&lab, "web", 3);
     let processes: BTreeMap<String, (i32, u64)> = before
         .values()
-        .map(|(host, c)| (c.clone(), container_process(&lab, host_index(host), c)))
+        .map(|(host, c)| {
+            (
+                c.clone(),
+                lab.container_process(host_index(host), c)
+                    .expect("container process"),
+            )
+        })
         .collect();
 
     // 2. Every agent's session is with the leader (waited for: an election while the managers
@@ -329,7 +308,8 @@ fn agents_fail_over_to_the_new_leader() {
     );
     for (host, container) in before.values() {
         assert_eq!(
-            container_process(&lab, host_index(host), container),
+            lab.container_process(host_index(host), container)
+                .expect("container process"),
             processes[container],
             "container {container} on {host} is not the same process after the failover"
         );

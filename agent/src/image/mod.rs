@@ -22,30 +22,12 @@ pub use store::{GcStats, Image, ImageStore};
 use std::path::PathBuf;
 
 /// Everything that can go wrong with images. Messages are meant for users (`service ps`).
-///
-/// The first four variants mirror [`RegistryError`]'s (see the `From` conversion), so a registry
-/// failure reads and matches the same whether it comes from the client or from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The reference string cannot be parsed.
-    #[error("invalid image reference {reference:?}: {reason}")]
-    InvalidReference { reference: String, reason: String },
-    /// The registry answered with an error or could not be reached.
-    #[error("image {image}: registry {registry}: {reason}")]
-    Registry {
-        image: String,
-        registry: String,
-        reason: String,
-    },
-    /// Downloaded content does not match its digest; it has been discarded.
-    #[error(
-        "image {image}: content of {expected} does not match its digest (got {actual}); discarded"
-    )]
-    DigestMismatch {
-        image: String,
-        expected: String,
-        actual: String,
-    },
+    /// A bad reference, a registry that refused or could not be reached, or downloaded content
+    /// that does not match its digest: the registry client's own error, as it reads.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// The image uses a format or platform this agent does not handle.
     #[error("image {image}: {reason}")]
     Unsupported { image: String, reason: String },
@@ -69,46 +51,6 @@ pub enum ImageError {
     /// Mounting or unmounting a root filesystem failed.
     #[error("rootfs {}: {reason}", path.display())]
     Mount { path: PathBuf, reason: String },
-}
-
-impl From<RegistryError> for ImageError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::InvalidReference { reference, reason } => {
-                ImageError::InvalidReference { reference, reason }
-            }
-            RegistryError::Registry {
-                image,
-                registry,
-                reason,
-            } => ImageError::Registry {
-                image,
-                registry,
-                reason,
-            },
-            RegistryError::DigestMismatch {
-                image,
-                expected,
-                actual,
-            } => ImageError::DigestMismatch {
-                image,
-                expected,
-                actual,
-            },
-            RegistryError::Unsupported { image, reason } => {
-                ImageError::Unsupported { image, reason }
-            }
-            RegistryError::Io {
-                context,
-                path,
-                source,
-            } => ImageError::Io {
-                context,
-                path,
-                source,
-            },
-        }
-    }
 }
 
 /// Result with [`ImageError`].

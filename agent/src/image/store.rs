@@ -23,7 +23,8 @@ use super::manifest::{
     Descriptor, MAX_JSON_BLOB, Parsed, parse_config, parse_manifest, pick_platform, referenced,
 };
 use super::{
-    ImageConfig, ImageError, ImageRef, RegistryClient, Result, digest_hex, io_err, unpack_layer,
+    ImageConfig, ImageError, ImageRef, RegistryClient, RegistryError, Result, digest_hex, io_err,
+    unpack_layer,
 };
 
 /// How many layers of one image are downloaded and unpacked at the same time.
@@ -325,11 +326,11 @@ impl ImageStore {
             let res = unpack_layer(&blob, &tmp, &label)
                 .and_then(|actual| match actual == expected {
                     true => Ok(()),
-                    false => Err(ImageError::DigestMismatch {
+                    false => Err(ImageError::Registry(RegistryError::DigestMismatch {
                         image: name,
                         expected,
                         actual,
-                    }),
+                    })),
                 })
                 .and_then(|()| match std::fs::rename(&tmp, &out) {
                     Ok(()) => Ok(()),

@@ -762,6 +762,40 @@ impl NetLab {
         Ok(())
     }
 
+    /// The pid and kernel start time (clock ticks since boot) of the init process of a running
+    /// container of host `i`'s agent, read through `runc state` and /proc: equal before and after
+    /// something means the very same process kept running.
+    pub fn container_process(&self, i: usize, container: &str) -> Result<(i32, u64)> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.agent_dir(i).join("runtime/runc"))
+            .args(["state", container])
+            .output()
+            .context("runc state")?;
+        if !out.status.success() {
+            bail!(
+                "runc state {container} on h{i}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let state: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("runc state: not JSON")?;
+        if state["status"] != "running" {
+            bail!("container {container} on h{i} is not running: {state}");
+        }
+        let pid = state["pid"].as_i64().context("runc state: no pid")? as i32;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // Field 22 (starttime), counted after the parenthesised command name.
+        let start = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..))
+            .and_then(|rest| rest.split_whitespace().nth(19))
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat has no start time"))?;
+        Ok((pid, start))
+    }
+
     /// Stops the agent of host `i` with SIGTERM (a clean daemon stop: its containers keep
     /// running, as on `systemctl stop`).
     pub fn stop_agent(&mut self, i: usize) -> Result<()> {
