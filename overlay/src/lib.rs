@@ -2,3 +2,4 @@
 //! Its work arrives with the overlay issue; the crate exists so the workspace has the shape the
 //! design gives it.
 pub mod dns;
+pub mod dataplane;
