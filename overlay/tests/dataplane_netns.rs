@@ -122,36 +122,42 @@ fn links(ns: &str) -> Vec<String> {
 }
 
 fn build(lab: &mut Lab, vni: u32) -> (Host, Host) {
+    let hosts = underlay(lab);
+    network(lab, &hosts, vni, "", 0)
+}
+
+/// Two host namespaces joined by a veth (`u0`, 10.214.0.1/24 and 10.214.0.2/24, MTU 1500).
+fn underlay(lab: &mut Lab) -> [String; 2] {
     let (h1, _) = lab.ns("h1");
     let (h2, _) = lab.ns("h2");
     ok(&[
         "ip", "-n", &h1, "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", &h2,
     ]);
-    let mut hosts = Vec::new();
-    for (i, h) in [(1u8, h1), (2u8, h2)] {
-        ok(&[
-            "ip",
-            "-n",
-            &h,
-            "addr",
-            "add",
-            &format!("10.214.0.{i}/24"),
-            "dev",
-            "u0",
-        ]);
-        ok(&["ip", "-n", &h, "link", "set", "u0", "up", "mtu", "1500"]);
+    for (i, h) in [(1, &h1), (2, &h2)] {
+        let addr = format!("10.214.0.{i}/24");
+        ok(&["ip", "-n", h, "addr", "add", &addr, "dev", "u0"]);
+        ok(&["ip", "-n", h, "link", "set", "u0", "up", "mtu", "1500"]);
+    }
+    [h1, h2]
+}
+
+/// One overlay network on both hosts (subnets 10.214.(base+1).0/24 and 10.214.(base+2).0/24),
+/// with one container attached on each.
+fn network(lab: &mut Lab, hosts: &[String; 2], vni: u32, tag: &str, base: u8) -> (Host, Host) {
+    let mut out = Vec::new();
+    for (i, h) in [(1u8, &hosts[0]), (2u8, &hosts[1])] {
         let host_path = PathBuf::from(format!("/run/netns/{h}"));
-        let (net_ns, net_path) = lab.ns(&format!("n{i}"));
-        let (container_ns, container_path) = lab.ns(&format!("c{i}"));
+        let (net_ns, net_path) = lab.ns(&format!("n{tag}{i}"));
+        let (container_ns, container_path) = lab.ns(&format!("c{tag}{i}"));
         let net = NetworkConfig {
             netns: net_path,
             underlay_netns: Some(host_path),
             vni,
-            subnet: Subnet::new(Ipv4Addr::new(10, 214, i, 0), 24).unwrap(),
+            subnet: Subnet::new(Ipv4Addr::new(10, 214, base + i, 0), 24).unwrap(),
             underlay_ip: Ipv4Addr::new(10, 214, 0, i),
             underlay_mtu: 1500,
         };
-        let container_ip = Ipv4Addr::new(10, 214, i, 2);
+        let container_ip = Ipv4Addr::new(10, 214, base + i, 2);
         ensure_network(&net).expect("ensure_network");
         attach_container(
             &net,
@@ -163,16 +169,16 @@ fn build(lab: &mut Lab, vni: u32) -> (Host, Host) {
             },
         )
         .expect("attach_container");
-        hosts.push(Host {
-            ns: h,
+        out.push(Host {
+            ns: h.clone(),
             net,
             net_ns,
             container_ns,
             container_ip,
         });
     }
-    let b = hosts.pop().unwrap();
-    let a = hosts.pop().unwrap();
+    let b = out.pop().unwrap();
+    let a = out.pop().unwrap();
     (a, b)
 }
 
@@ -360,4 +366,38 @@ fn recovers_from_leftovers_of_a_crashed_run() {
     dataplane::detach_container(&a.net, "veth-c1").unwrap();
     dataplane::detach_container(&a.net, "veth-c1").unwrap();
     assert_eq!(links(&a.container_ns), vec!["lo"]);
+}
+
+#[test]
+fn two_networks_share_the_underlay_but_not_traffic() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut lab = Lab::new();
+    let hosts = underlay(&mut lab);
+    let (a, b) = network(&mut lab, &hosts, 100, "x", 0);
+    let (p, q) = network(&mut lab, &hosts, 200, "y", 10);
+    for (l, r) in [(&a, &b), (&b, &a), (&p, &q), (&q, &p)] {
+        reconcile_remotes(&l.net, &[remote_of(r)]).unwrap();
+    }
+    // Both networks work across hosts over the same underlay addresses and UDP port.
+    assert!(ping_ok(&a.container_ns, b.container_ip, &[]), "network 100");
+    assert!(ping_ok(&p.container_ns, q.container_ip, &[]), "network 200");
+    // Containers of different networks cannot reach each other, on one host or across hosts.
+    assert!(
+        !ping(&a.container_ns, p.container_ip, &[]),
+        "isolation on one host"
+    );
+    assert!(
+        !ping(&a.container_ns, q.container_ip, &[]),
+        "isolation across hosts"
+    );
+    // Tearing one network down leaves the other working.
+    teardown_network(&a.net).unwrap();
+    teardown_network(&b.net).unwrap();
+    assert!(
+        ping_ok(&p.container_ns, q.container_ip, &[]),
+        "network 200 after 100's teardown"
+    );
 }
