@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use commands::info::InfoArgs;
 use commands::join_token::JoinTokenArgs;
 use commands::lab::LabCommand;
+use commands::network::NetworkCommand;
 use commands::node::NodeCommand;
 use commands::service::ServiceCommand;
 use connect::Target;
@@ -42,6 +43,9 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Show or rotate the tokens nodes join with.
     JoinToken(JoinTokenArgs),
     /// Show the cluster, its Raft state and its managers.
@@ -59,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(command) => commands::node::run(command, &target).await,
         Command::Service(command) => commands::service::run(command, &target).await,
+        Command::Network(command) => commands::network::run(command, &target).await,
         Command::JoinToken(args) => commands::join_token::run(args, &target).await,
         Command::Info(args) => commands::info::run(args, &target).await,
         // Blocking work (processes, namespaces, waits): off the runtime's thread.

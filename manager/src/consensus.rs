@@ -220,7 +220,9 @@ pub fn store_error_status(error: &crate::store::StoreError) -> Status {
         }
         E::VersionConflict { .. } => Status::aborted(error.to_string()),
         E::NotBootstrapped => Status::failed_precondition(error.to_string()),
-        E::NestedMulti => Status::invalid_argument(error.to_string()),
+        E::NestedMulti | E::Invalid(_) => Status::invalid_argument(error.to_string()),
+        E::InUse(_) => Status::failed_precondition(error.to_string()),
+        E::Exhausted(_) => Status::resource_exhausted(error.to_string()),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::api::{ca_service::CaService, control_service::ControlService, raft_se
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::failover::{self, FailoverTiming};
 use crate::raft::{self, Raft, RaftTuning};
-use crate::store::{Availability, ClusterSettings, Meta, Node, NodeRole, NodeState, Op, node_id_string};
+use crate::store::{AddressPool, Availability, ClusterSettings, Meta, Node, NodeRole, NodeState, Op, node_id_string};
 use anyhow::{Context, Result, anyhow, bail};
 use identity::{AdminConfig, Credentials, JoinToken, RootCa, Role, Subject, Validity};
 use openraft::BasicNode;
@@ -140,6 +140,12 @@ impl RunningManager {
 
 /// Creates a new cluster with this manager as its only member.
 pub async fn init(options: &StartOptions, placement: &Placement) -> Result<RunningManager> {
+    init_with_pool(options, placement, &AddressPool::default()).await
+}
+
+/// [`init`] with the default address pool networks are carved from (checked first).
+pub async fn init_with_pool(options: &StartOptions, placement: &Placement, pool: &AddressPool) -> Result<RunningManager> {
+    crate::ipam::validate_pool(&pool.pool, pool.mask_length).map_err(|e| anyhow!("{e}"))?;
     let data_dir = &options.data_dir;
     refuse_existing(data_dir)?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -175,6 +181,7 @@ pub async fn init(options: &StartOptions, placement: &Placement) -> Result<Runni
         worker_token_secret: JoinToken::generate_secret(),
         manager_token_secret: JoinToken::generate_secret(),
         node_cert_validity_secs: NODE_CERT_VALIDITY.as_secs(),
+        address_pool: pool.clone(),
     };
     let first_manager = Node {
         meta: Meta { id: node_id, ..Meta::default() },

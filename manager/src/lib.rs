@@ -8,6 +8,7 @@ pub mod control_loop;
 pub mod daemon;
 pub mod failover;
 pub mod ids;
+pub mod ipam;
 pub mod membership;
 pub mod orchestrator;
 pub mod raft;

@@ -3,6 +3,7 @@
 pub mod info;
 pub mod join_token;
 pub mod lab;
+pub mod network;
 pub mod node;
 mod node_view;
 pub mod service;

@@ -7,13 +7,14 @@ use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
-    CreateServiceRequest, EndpointSpec, GetServiceRequest, ListServicesRequest, ListTasksRequest,
-    Mount, Placement, PortConfig, RemoveServiceRequest, ResourceAmounts, Resources, RestartPolicy,
+    CreateServiceRequest, EndpointSpec, GetNetworkRequest, GetServiceRequest, ListServicesRequest, ListTasksRequest,
+    Mount, NetworkAttachment, Placement, PortConfig, RemoveServiceRequest, ResourceAmounts, Resources, RestartPolicy,
     Service, ServiceMode, ServiceSpec, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 
 use super::for_each_ref;
+use super::network::parse_network_attachment;
 use super::service_view::{
     converged, inspect_pretty, mode_kind, progress, services_table, sort_services,
 };
@@ -44,7 +45,7 @@ pub enum ServiceCommand {
     /// Change the number of replicas of replicated services.
     Scale(ScaleArgs),
     /// Update a service.
-    Update(UpdateArgs),
+    Update(Box<UpdateArgs>),
     /// Remove services.
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
@@ -184,6 +185,9 @@ pub struct CreateArgs {
     /// Do not ask the image's registry for its digest: each node resolves the tag itself.
     #[arg(long = "no-resolve-image")]
     pub no_resolve_image: bool,
+    /// Attach to a network: NAME or name=NAME[,alias=ALIAS] (repeatable).
+    #[arg(long, value_name = "NETWORK", value_parser = parse_network_attachment)]
+    pub network: Vec<NetworkAttachment>,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// Image to run.
@@ -278,6 +282,12 @@ pub struct UpdateArgs {
     /// Remove a placement constraint (exact text, repeatable).
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
+    /// Attach to a network: NAME or name=NAME[,alias=ALIAS] (repeatable).
+    #[arg(long = "network-add", value_name = "NETWORK", value_parser = parse_network_attachment)]
+    pub network_add: Vec<NetworkAttachment>,
+    /// Detach from a network: its name, id or unique id prefix (repeatable).
+    #[arg(long = "network-rm", value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
     /// Replace the tasks even if nothing changed.
     #[arg(long)]
     pub force: bool,
@@ -306,7 +316,7 @@ pub async fn run(command: ServiceCommand, target: &Target) -> anyhow::Result<()>
         ServiceCommand::Ps(args) => ps(args, target).await,
         ServiceCommand::Inspect(args) => inspect(args, target).await,
         ServiceCommand::Scale(args) => scale(args, target).await,
-        ServiceCommand::Update(args) => update(args, target).await,
+        ServiceCommand::Update(args) => update(*args, target).await,
         ServiceCommand::Rm(args) => rm(args, target).await,
         ServiceCommand::Logs(args) => super::service_logs::run(args, target).await,
     }
@@ -398,6 +408,7 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
         endpoint,
         stop_grace_period_ms: args.stop_grace_period.map(duration_ms),
         task_history_limit: None,
+        networks: args.network.clone(),
     })
 }
 
@@ -631,11 +642,14 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         && args.label_add.is_empty()
         && args.label_rm.is_empty()
         && args.constraint_add.is_empty()
-        && args.constraint_rm.is_empty();
+        && args.constraint_rm.is_empty()
+        && args.network_add.is_empty()
+        && args.network_rm.is_empty();
     if nothing && !args.force {
         bail!(
             "nothing to update: pass --replicas, --image, --env-add/--env-rm, \
-             --label-add/--label-rm, --constraint-add/--constraint-rm or --force"
+             --label-add/--label-rm, --constraint-add/--constraint-rm, \
+             --network-add/--network-rm or --force"
         );
     }
     let mut client = target.connect().await?.control();
@@ -648,6 +662,19 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         .clone()
         .ok_or_else(|| anyhow!("the manager returned service {} without a spec", service.id))?;
     apply_update(&mut spec, &args)?;
+    // The stored spec names networks by id: detach by the ids the references resolve to.
+    for reference in &args.network_rm {
+        let network = rpc(client.get_network(GetNetworkRequest {
+            reference: reference.clone(),
+        }))
+        .await?;
+        let before = spec.networks.len();
+        spec.networks.retain(|n| n.target != network.id);
+        if spec.networks.len() == before {
+            bail!("{}: the service is not attached to network {}", args.service, network.name);
+        }
+    }
+    spec.networks.extend(args.network_add.iter().cloned());
     let updated: Service = rpc(client.update_service(UpdateServiceRequest {
         reference: service.id.clone(),
         version: service.version,
@@ -824,7 +851,7 @@ mod tests {
         let mut all = vec!["update"];
         all.extend_from_slice(args);
         match parse(&all) {
-            ServiceCommand::Update(args) => args,
+            ServiceCommand::Update(args) => *args,
             other => panic!("{other:?}"),
         }
     }

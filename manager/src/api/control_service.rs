@@ -4,7 +4,7 @@
 use super::convert::{ManagerView, membership, node_to_proto, reachability};
 use super::image_pin::ImageResolver;
 use super::log_broker::LogBroker;
-use super::{service_logs, services};
+use super::{networks, service_logs, services};
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::membership as group;
 use crate::store::{Availability, Change, Kind, Node, NodeRole, NodeState, Op, Response as StoreResponse, Store, parse_node_id};
@@ -383,5 +383,31 @@ impl Control for ControlService {
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         require_role(&request, CONTROL_ROLES)?;
         service_logs::serve(&self.consensus, &self.logs, request).await.map(Response::new)
+    }
+
+    async fn create_network(&self, request: Request<pb::CreateNetworkRequest>) -> Result<Response<pb::Network>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        networks::create(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_network(&self, request: Request<pb::GetNetworkRequest>) -> Result<Response<pb::Network>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        networks::get(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_networks(
+        &self,
+        request: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        networks::list(&self.consensus, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn remove_network(
+        &self,
+        request: Request<pb::RemoveNetworkRequest>,
+    ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        networks::remove(&self.consensus, request.into_inner()).await.map(Response::new)
     }
 }

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod dispatcher;
 pub mod image_pin;
 pub mod log_broker;
+pub mod networks;
 pub mod raft_service;
 pub mod service_logs;
 pub mod service_spec;

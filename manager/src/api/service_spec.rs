@@ -4,7 +4,7 @@
 
 use crate::scheduler::{parse_constraint, parse_preference};
 use crate::store::{
-    EndpointMode, EndpointSpec, Mount, MountKind, Placement, PortConfig, Protocol, PublishMode, ResourceAmounts,
+    EndpointMode, EndpointSpec, Mount, MountKind, NetworkAttachment, Placement, PortConfig, Protocol, PublishMode, ResourceAmounts,
     Resources, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
 };
 use proto::v1 as pb;
@@ -72,6 +72,7 @@ pub fn spec_from_proto(spec: &pb::ServiceSpec) -> Result<ValidSpec, Status> {
             endpoint: endpoint(spec.endpoint.as_ref())?,
             stop_grace_period_ms: spec.stop_grace_period_ms.unwrap_or(ServiceSpec::default().stop_grace_period_ms),
             task_history_limit: spec.task_history_limit.unwrap_or(ServiceSpec::default().task_history_limit),
+            networks: networks(&spec.networks)?,
         },
     })
 }
@@ -150,6 +151,28 @@ fn mounts(mounts: &[pb::Mount]) -> Result<Vec<Mount>, Status> {
             readonly: m.readonly,
             tmpfs_size_bytes: m.tmpfs_size_bytes,
         });
+    }
+    Ok(out)
+}
+
+/// The attachments as given: `network_id` still holds the user's target (a name, id or id
+/// prefix), which [`super::networks::resolve_attachments`] turns into an id against the store.
+fn networks(networks: &[pb::NetworkAttachment]) -> Result<Vec<NetworkAttachment>, Status> {
+    let mut out = Vec::with_capacity(networks.len());
+    for (i, n) in networks.iter().enumerate() {
+        let target = n.target.trim();
+        if target.is_empty() {
+            return Err(invalid(&format!("spec.networks[{i}].target"), "a network name or id is required"));
+        }
+        for (j, alias) in n.aliases.iter().enumerate() {
+            if !valid_service_name(alias) {
+                return Err(invalid(
+                    &format!("spec.networks[{i}].aliases[{j}]"),
+                    format!("{alias:?} is invalid: 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit"),
+                ));
+            }
+        }
+        out.push(NetworkAttachment { network_id: target.to_string(), aliases: n.aliases.clone() });
     }
     Ok(out)
 }
@@ -342,6 +365,11 @@ pub fn spec_to_proto(name: &str, labels: &BTreeMap<String, String>, spec: &Servi
         }),
         stop_grace_period_ms: Some(spec.stop_grace_period_ms),
         task_history_limit: Some(spec.task_history_limit),
+        networks: spec
+            .networks
+            .iter()
+            .map(|a| pb::NetworkAttachment { target: a.network_id.clone(), aliases: a.aliases.clone() })
+            .collect(),
     }
 }
 

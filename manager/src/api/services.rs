@@ -81,6 +81,18 @@ pub fn task_to_proto(store: &Store, task: &Task) -> pb::Task {
     }
 }
 
+/// Resolves the spec's network targets to ids on a consistent read (the store checks again that
+/// they exist when the write is applied).
+async fn resolve_networks(consensus: &Consensus, spec: &mut crate::store::ServiceSpec) -> Result<(), Status> {
+    if spec.networks.is_empty() {
+        return Ok(());
+    }
+    let mut resolved = spec.clone();
+    consensus.read(|store| super::networks::resolve_attachments(store, &mut resolved)).await??;
+    *spec = resolved;
+    Ok(())
+}
+
 /// Reads the service `id` after a write, consistently.
 async fn read_back(consensus: &Consensus, id: &str) -> Result<pb::Service, Status> {
     consensus
@@ -98,6 +110,7 @@ pub async fn create(
 ) -> Result<pb::Service, Status> {
     let spec = request.spec.ok_or_else(|| Status::invalid_argument("invalid service spec: spec: required"))?;
     let mut valid = spec_from_proto(&spec)?;
+    resolve_networks(consensus, &mut valid.spec).await?;
     if consensus.state.read().services.values().any(|s| s.name == valid.name) {
         // Checked again by the state machine; refusing here spares a registry round trip.
         return Err(Status::already_exists(format!("service name {:?} is already in use", valid.name)));
@@ -139,6 +152,7 @@ pub async fn update(
         spec.name = current.name.clone();
     }
     let mut valid = spec_from_proto(&spec)?;
+    resolve_networks(consensus, &mut valid.spec).await?;
     if valid.name != current.name {
         return Err(Status::invalid_argument(format!(
             "invalid service spec: spec.name: a service cannot be renamed (it is {:?})",

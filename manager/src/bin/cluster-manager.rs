@@ -21,6 +21,13 @@ enum Command {
     Init {
         #[command(flatten)]
         place: PlaceArgs,
+        /// The address pool overlay networks without --subnet are carved from (IPv4 CIDR).
+        #[arg(long, default_value = manager::ipam::DEFAULT_POOL)]
+        default_addr_pool: String,
+        /// The prefix length of each network carved from the pool (at most 24: every host gets
+        /// a /24 of each network it uses).
+        #[arg(long, default_value_t = manager::ipam::DEFAULT_MASK_LENGTH)]
+        default_addr_pool_mask_length: u8,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -147,8 +154,12 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     let running = match &cli.command {
-        Command::Init { place, common } => {
-            let running = daemon::init(&common.options(), &place.placement()).await?;
+        Command::Init { place, common, default_addr_pool, default_addr_pool_mask_length } => {
+            let pool = manager::store::AddressPool {
+                pool: default_addr_pool.clone(),
+                mask_length: *default_addr_pool_mask_length,
+            };
+            let running = daemon::init_with_pool(&common.options(), &place.placement(), &pool).await?;
             let admin = common.data_dir.join("admin.json");
             println!("Cluster initialised: this manager is {:016x}.", running.config.node_id);
             println!("Admin credentials: {}", admin.display());

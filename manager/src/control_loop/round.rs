@@ -1,6 +1,7 @@
 //! One round of the leader's control loops, pure: the orchestrators' batch, then placement of
 //! the PENDING tasks, both the ones already stored and the ones this batch creates, so a new
 //! task is created already ASSIGNED and the scheduler is never starved by a busy orchestrator.
+//! Last, the per-host subnet leases of overlay networks ([`crate::ipam::plan_leases`]).
 
 use crate::orchestrator::{IdSource, reconcile_all};
 use crate::scheduler::{Decision, Outcome, decisions_to_changes, schedule, unassigned_tasks};
@@ -31,6 +32,9 @@ pub fn plan_round(store: &Store, now_ms: i64, ids: &mut dyn IdSource) -> Vec<Cha
         }
     }
     changes.extend(decisions_to_changes(store, &stored, now_ms));
+    // Per-host subnet leases follow the stored tasks (tasks this round places get theirs next
+    // round, once their assignment is committed).
+    changes.extend(crate::ipam::plan_leases(store));
     changes
 }
 

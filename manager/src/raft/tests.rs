@@ -47,6 +47,7 @@ fn bootstrap_command(cluster_id: &str) -> Command {
                 worker_token_secret: "w".into(),
                 manager_token_secret: "m".into(),
                 node_cert_validity_secs: 3600,
+                address_pool: Default::default(),
             }),
             first_manager: Box::new(crate::store::Node {
                 meta: crate::store::Meta { id: "0000000000000001".into(), ..Default::default() },

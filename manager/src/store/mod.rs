@@ -35,6 +35,12 @@ pub enum Op {
     SetNodeRole { id: String, role: NodeRole },
     /// Replaces the secret of the worker or manager join token.
     RotateJoinToken { role: NodeRole, secret: String },
+    /// Creates a network: the store checks the name, checks `subnet` (or, when empty, allocates
+    /// one from the cluster's address pool) and allocates the VNI, so that concurrent creates
+    /// never collide. Nothing is written when it is refused.
+    CreateNetwork(Box<Network>),
+    /// Removes a network and its leases; refused while a service uses it.
+    RemoveNetwork { id: String },
     /// Independent operations the leader proposed together (one log entry for many concurrent
     /// client writes); each is applied on its own and gets its own response.
     Multi(Vec<Op>),
@@ -79,6 +85,15 @@ pub enum StoreError {
     NameInUse { kind: String, name: String },
     #[error("{kind} {id} changed since it was read (version {expected} expected, {actual} found)")]
     VersionConflict { kind: String, id: String, expected: u64, actual: u64 },
+    /// An invalid value; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The object is still used by others, named in the message.
+    #[error("{0}")]
+    InUse(String),
+    /// No address or identifier is left to allocate.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// A change to one object, as seen by watchers.
@@ -151,6 +166,8 @@ impl Store {
             Op::SetNodeRole { id, role } => {
                 self.modify_node(index, now, id, &mut events, |node| node.role = *role)
             }
+            Op::CreateNetwork(network) => self.create_network(index, now, network, &mut events),
+            Op::RemoveNetwork { id } => self.remove_network(id, &mut events),
             Op::RotateJoinToken { role, secret } => match self.settings.as_mut() {
                 None => Err(StoreError::NotBootstrapped),
                 Some(settings) => {
@@ -185,6 +202,96 @@ impl Store {
         self.nodes.insert(node.meta.id.clone(), node.clone());
         events.push(Event::Created(Object::Node(node)));
         Ok(Response::Ok)
+    }
+
+    fn create_network(
+        &mut self,
+        index: u64,
+        now: i64,
+        network: &Network,
+        events: &mut Vec<Event>,
+    ) -> Result<Response, StoreError> {
+        let settings = self.settings.as_ref().ok_or(StoreError::NotBootstrapped)?;
+        if self.networks.contains_key(&network.meta.id) {
+            return Err(StoreError::AlreadyExists { kind: Kind::Network.as_str().into(), id: network.meta.id.clone() });
+        }
+        if self.networks.values().any(|n| n.name == network.name) {
+            return Err(StoreError::NameInUse { kind: Kind::Network.as_str().into(), name: network.name.clone() });
+        }
+        let taken = crate::ipam::network_subnets(self);
+        let hosts = crate::ipam::host_ips(self);
+        let subnet = if network.subnet.is_empty() {
+            let pool = &settings.address_pool;
+            let net = crate::ipam::validate_pool(&pool.pool, pool.mask_length).map_err(StoreError::Invalid)?;
+            let taken: Vec<_> = taken.into_iter().map(|(_, s)| s).collect();
+            crate::ipam::allocate_subnet(net, pool.mask_length, &taken, &hosts).ok_or_else(|| {
+                StoreError::Exhausted(format!(
+                    "the default address pool {} has no free /{} left: give a --subnet",
+                    pool.pool, pool.mask_length
+                ))
+            })?
+        } else {
+            crate::ipam::check_subnet(&network.subnet, "spec.subnet", &taken, &hosts)
+                .map_err(|e| StoreError::Invalid(format!("invalid network spec: {e}")))?
+        };
+        let vni = crate::ipam::allocate_vni(self.networks.values().map(|n| n.vni))
+            .ok_or_else(|| StoreError::Exhausted("no VxLAN network identifier is left".into()))?;
+        let mut network = network.clone();
+        network.subnet = subnet.to_string();
+        network.vni = vni;
+        if network.driver.is_empty() {
+            network.driver = "overlay".into();
+        }
+        stamp_created(&mut network.meta, index, now);
+        self.networks.insert(network.meta.id.clone(), network.clone());
+        events.push(Event::Created(Object::Network(network)));
+        Ok(Response::Ok)
+    }
+
+    fn remove_network(&mut self, id: &str, events: &mut Vec<Event>) -> Result<Response, StoreError> {
+        let network = self.networks.get(id).ok_or_else(|| not_found(Kind::Network, id))?;
+        let users: Vec<&str> = self
+            .services
+            .values()
+            .filter(|s| s.spec.networks.iter().any(|a| a.network_id == id))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(StoreError::InUse(format!(
+                "network {} is in use by service{} {}: remove {} or detach {} first (service update --network-rm)",
+                network.name,
+                if users.len() == 1 { "" } else { "s" },
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" },
+                if users.len() == 1 { "it" } else { "them" },
+            )));
+        }
+        let leases: Vec<String> =
+            self.subnet_leases.values().filter(|l| l.network_id == id).map(|l| l.meta.id.clone()).collect();
+        for lease in leases {
+            if let Some(lease) = self.subnet_leases.remove(&lease) {
+                events.push(Event::Deleted(Object::SubnetLease(lease)));
+            }
+        }
+        if let Some(network) = self.networks.remove(id) {
+            events.push(Event::Deleted(Object::Network(network)));
+        }
+        Ok(Response::Ok)
+    }
+
+    /// A service may only name networks that exist.
+    fn check_references(&self, object: &Object) -> Result<(), StoreError> {
+        if let Object::Service(service) = object {
+            for (i, attachment) in service.spec.networks.iter().enumerate() {
+                if !self.networks.contains_key(&attachment.network_id) {
+                    return Err(StoreError::Invalid(format!(
+                        "invalid service spec: spec.networks[{i}]: network {} not found",
+                        attachment.network_id
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn modify_node(
@@ -250,6 +357,7 @@ impl Store {
                 if let Some(name) = self.name_taken_by_other(object) {
                     return Err(StoreError::NameInUse { kind: kind.as_str().into(), name });
                 }
+                self.check_references(object)?;
                 let mut object = object.clone();
                 stamp_created(object.meta_mut(), index, now);
                 undo.push((kind, id, None));
@@ -264,6 +372,7 @@ impl Store {
                 if let Some(name) = self.name_taken_by_other(object) {
                     return Err(StoreError::NameInUse { kind: kind.as_str().into(), name });
                 }
+                self.check_references(object)?;
                 let created_at = current.meta().created_at_ms;
                 let mut object = object.clone();
                 let meta = object.meta_mut();

@@ -20,6 +20,8 @@ fn network(id: &str, name: &str) -> Object {
         labels: BTreeMap::new(),
         subnet: "10.10.0.0/16".into(),
         vni: 4097,
+        attachable: false,
+        driver: "overlay".into(),
     })
 }
 
@@ -32,6 +34,7 @@ fn settings() -> ClusterSettings {
         worker_token_secret: "w".into(),
         manager_token_secret: "m".into(),
         node_cert_validity_secs: 3600,
+        address_pool: Default::default(),
     }
 }
 

@@ -124,6 +124,24 @@ pub struct ClusterSettings {
     pub manager_token_secret: String,
     /// How long node certificates stay valid.
     pub node_cert_validity_secs: u64,
+    /// Where network subnets come from when none is given (chosen at init).
+    #[serde(default)]
+    pub address_pool: AddressPool,
+}
+
+/// The default address pool: networks without `--subnet` get the first free `/mask_length` of
+/// `pool` that overlaps no other network and no host address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressPool {
+    /// An IPv4 CIDR.
+    pub pool: String,
+    pub mask_length: u8,
+}
+
+impl Default for AddressPool {
+    fn default() -> Self {
+        AddressPool { pool: crate::ipam::DEFAULT_POOL.into(), mask_length: crate::ipam::DEFAULT_MASK_LENGTH }
+    }
 }
 
 /// An overlay network.
@@ -132,8 +150,16 @@ pub struct Network {
     pub meta: Meta,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// An IPv4 CIDR, never overlapping another network nor a host's address.
     pub subnet: String,
+    /// The VxLAN network identifier, unique among networks.
     pub vni: u32,
+    /// Whether standalone containers may attach (services always may).
+    #[serde(default)]
+    pub attachable: bool,
+    /// Always "overlay" for now.
+    #[serde(default)]
+    pub driver: String,
 }
 
 /// A secret or a config (same shape; secrets are encrypted at rest with the secrets issue).

@@ -54,6 +54,7 @@ fn a_full_spec_survives_the_round_trip() {
         }),
         stop_grace_period_ms: Some(3_000),
         task_history_limit: Some(2),
+        networks: vec![pb::NetworkAttachment { target: "n1".into(), aliases: vec!["web".into()] }],
     };
     let valid = spec_from_proto(&spec).unwrap();
     assert_eq!(valid.spec.mode, ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 10 });
@@ -79,6 +80,10 @@ fn invalid_specs_are_refused_naming_the_field() {
         cases.push((spec, Box::leak(field.to_string().into_boxed_str())));
     };
     add("spec.name", &|s| s.name = "-bad".into());
+    add("spec.networks[0].target", &|s| s.networks = vec![pb::NetworkAttachment { target: " ".into(), aliases: vec![] }]);
+    add("spec.networks[0].aliases[1]", &|s| {
+        s.networks = vec![pb::NetworkAttachment { target: "n".into(), aliases: vec!["ok".into(), "not ok".into()] }]
+    });
     add("spec.image", &|s| s.image = String::new());
     add("spec.env[0]", &|s| s.env = vec!["=x".into()]);
     add("spec.labels", &|s| s.labels = [(String::new(), "x".to_string())].into());

@@ -46,6 +46,16 @@ pub struct ServiceSpec {
     pub stop_grace_period_ms: u64,
     /// How many finished tasks are kept per slot (replicated) or node (global).
     pub task_history_limit: u64,
+    /// The overlay networks the tasks attach to, by network id.
+    pub networks: Vec<NetworkAttachment>,
+}
+
+/// A service's attachment to a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    pub network_id: String,
+    /// Extra DNS names of the service on that network.
+    pub aliases: Vec<String>,
 }
 
 impl Default for ServiceSpec {
@@ -67,6 +77,7 @@ impl Default for ServiceSpec {
             endpoint: EndpointSpec::default(),
             stop_grace_period_ms: 10_000,
             task_history_limit: 5,
+            networks: Vec::new(),
         }
     }
 }

@@ -1,0 +1,89 @@
+//! The network calls over gRPC against a real one-manager cluster, with services attached and
+//! the leader's lease loop running.
+
+use crate::store::TaskState;
+use crate::testing::TestManager;
+use proto::v1 as pb;
+use proto::v1::control_client::ControlClient;
+use std::time::Duration;
+use tonic::Code;
+
+fn network(name: &str, subnet: &str) -> pb::CreateNetworkRequest {
+    pb::CreateNetworkRequest { spec: Some(pb::NetworkSpec { name: name.into(), subnet: subnet.into(), ..Default::default() }) }
+}
+
+fn service(name: &str, networks: &[&str]) -> pb::CreateServiceRequest {
+    pb::CreateServiceRequest {
+        spec: Some(pb::ServiceSpec {
+            name: name.into(),
+            image: "nginx".into(),
+            mode: Some(pb::ServiceMode { kind: "replicated".into(), replicas: Some(1), max_concurrent: 0 }),
+            networks: networks
+                .iter()
+                .map(|n| pb::NetworkAttachment { target: n.to_string(), aliases: vec![format!("{name}-alias")] })
+                .collect(),
+            ..Default::default()
+        }),
+        no_resolve_image: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_round_trip_with_services_and_leases() {
+    let manager = TestManager::start().await;
+    let mut control = ControlClient::new(manager.admin_channel().await);
+
+    let blue = control.create_network(network("blue", "")).await.unwrap().into_inner();
+    let red = control.create_network(network("red", "10.77.0.0/16")).await.unwrap().into_inner();
+    assert_eq!((blue.driver.as_str(), blue.scope.as_str()), ("overlay", "swarm"));
+    assert_eq!(red.subnet, "10.77.0.0/16");
+    assert_ne!(blue.vni, red.vni);
+    assert!(blue.vni >= 4096);
+
+    for (request, field) in [
+        (network("bad", "10.77.1.0/24"), "spec.subnet"),
+        (network("bad", "10.1.2.3/16"), "spec.subnet"),
+        (network("bad", "10.90.0.0/28"), "spec.subnet"),
+        (network("bad name", ""), "spec.name"),
+    ] {
+        let status = control.create_network(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(status.message().contains(field), "{}", status.message());
+    }
+    let status = control.create_network(network("blue", "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let listed = control.list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.networks.len(), 2, "refusals wrote nothing");
+
+    // A service naming a missing network is refused with the field; names resolve to ids.
+    let status = control.create_service(service("web", &["blue", "nope"])).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("spec.networks[1]"), "{}", status.message());
+    let web = control.create_service(service("web", &["blue", &red.id[..8]])).await.unwrap().into_inner();
+    let targets: Vec<String> = web.spec.unwrap().networks.into_iter().map(|n| n.target).collect();
+    assert_eq!(targets, [blue.id.clone(), red.id.clone()]);
+
+    let status = control.remove_network(pb::RemoveNetworkRequest { reference: "blue".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("web"), "{}", status.message());
+
+    // The task is assigned to a node: that node gets a /24 of each network.
+    let _worker = manager.add_worker("w1").await;
+    manager
+        .wait_for("a lease on each network", Duration::from_secs(15), |store| {
+            store.tasks.values().any(|t| t.status.state == TaskState::Assigned) && store.subnet_leases.len() == 2
+        })
+        .await;
+    let got = control.get_network(pb::GetNetworkRequest { reference: "red".into() }).await.unwrap().into_inner();
+    assert_eq!(got.leases.len(), 1);
+    assert_eq!(got.leases[0].subnet, "10.77.0.0/24");
+    assert_eq!(got.leases[0].node_hostname, "w1");
+    assert_eq!(got.services, ["web"]);
+
+    // Once the service is gone, its leases are released and the network can go.
+    control.remove_service(pb::RemoveServiceRequest { reference: "web".into() }).await.unwrap();
+    manager.wait_for("leases released", Duration::from_secs(15), |store| store.subnet_leases.is_empty()).await;
+    control.remove_network(pb::RemoveNetworkRequest { reference: "blue".into() }).await.unwrap();
+    let status = control.get_network(pb::GetNetworkRequest { reference: "blue".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
