@@ -309,6 +309,7 @@ fn recovers_from_leftovers_of_a_crashed_run() {
     // "create in the underlay" and "move") a staging device left behind in the host namespace.
     let mut wrong = a.net.clone();
     wrong.vni = 78;
+    wrong.subnet = "10.214.9.0/24".parse().unwrap();
     teardown_network(&wrong).unwrap(); // all of a's links in its network namespace
     ensure_network(&wrong).unwrap();
     ok(&[
@@ -332,6 +333,10 @@ fn recovers_from_leftovers_of_a_crashed_run() {
     ensure_network(&a.net).unwrap();
     assert!(ok(&["ip", "-d", "-n", &a.net_ns, "link", "show", "vxlan0"]).contains("vxlan id 77"));
     assert!(!links(&a.ns).contains(&"ovx77".to_string()));
+    // Only the current lease's addresses remain on the reused bridge.
+    let br = ok(&["ip", "-n", &a.net_ns, "-o", "-4", "addr", "show", "br0"]);
+    assert_eq!(br.lines().count(), 1, "{br}");
+    assert!(br.contains("10.214.1.1/24"), "{br}");
     attach_container(
         &a.net,
         &Attachment {

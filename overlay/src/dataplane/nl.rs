@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
@@ -136,6 +137,8 @@ fn vxlan_matches(m: &LinkMessage, cfg: &NetworkConfig) -> bool {
             .contains(&LinkAttribute::Address(cfg.vtep_mac().to_vec()))
 }
 
+/// Makes `ip/prefix` the only IPv4 address of link `index` (a reused device may carry the
+/// address of an earlier lease).
 async fn add_addr_replace(
     h: &Handle,
     index: u32,
@@ -143,6 +146,32 @@ async fn add_addr_replace(
     prefix: u8,
     what: &str,
 ) -> Result<()> {
+    let current: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl(format!("list addresses of {what}")))?;
+    for m in current {
+        let a = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) => {
+                Some(*a)
+            }
+            _ => None,
+        });
+        let stale = m.header.family == AddressFamily::Inet
+            && m.header.index == index
+            && (a != Some(ip) || m.header.prefix_len != prefix);
+        if stale {
+            h.address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(nl(format!("delete stale address of {what}")))?;
+        }
+    }
     h.address()
         .add(index, IpAddr::V4(ip), prefix)
         .replace()
