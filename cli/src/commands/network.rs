@@ -158,7 +158,11 @@ pub fn networks_table(networks: &[Network], no_trunc: bool) -> String {
     let headers = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"];
     let rows = networks.iter().map(|n| {
         vec![
-            if no_trunc { n.id.clone() } else { short_id(&n.id).to_string() },
+            if no_trunc {
+                n.id.clone()
+            } else {
+                short_id(&n.id).to_string()
+            },
             n.name.clone(),
             n.driver.clone(),
             n.scope.clone(),
@@ -170,7 +174,9 @@ pub fn networks_table(networks: &[Network], no_trunc: bool) -> String {
 async fn ls(args: LsArgs, target: &Target) -> anyhow::Result<()> {
     let filters = filter_map(&args.filter, &NETWORK_FILTER_KEYS).map_err(anyhow::Error::msg)?;
     let mut client = target.connect().await?.control();
-    let mut networks = rpc(client.list_networks(ListNetworksRequest { filters })).await?.networks;
+    let mut networks = rpc(client.list_networks(ListNetworksRequest { filters }))
+        .await?
+        .networks;
     networks.sort_by(|a, b| a.name.cmp(&b.name));
     let text = if args.quiet {
         networks.iter().map(|n| format!("{}\n", n.id)).collect()
@@ -186,7 +192,11 @@ async fn ls(args: LsArgs, target: &Target) -> anyhow::Result<()> {
 
 /// `network inspect --pretty`.
 pub fn inspect_pretty(network: &Network) -> String {
-    let mut labels: Vec<String> = network.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut labels: Vec<String> = network
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     labels.sort();
     let mut entries = vec![
         ("ID", network.id.clone()),
@@ -203,13 +213,10 @@ pub fn inspect_pretty(network: &Network) -> String {
     let mut text = key_values(&entries);
     entries.clear();
     if !network.leases.is_empty() {
-        let rows = network.leases.iter().map(|l| {
-            vec![
-                l.node_hostname.clone(),
-                l.node_id.clone(),
-                l.subnet.clone(),
-            ]
-        });
+        let rows = network
+            .leases
+            .iter()
+            .map(|l| vec![l.node_hostname.clone(), l.node_id.clone(), l.subnet.clone()]);
         text.push_str("Per-host subnets:\n");
         text.push_str(&table(&["NODE", "NODE ID", "SUBNET"], rows));
     }
@@ -256,8 +263,16 @@ mod tests {
         let long = parse_network_attachment("name=front,alias=web,alias=www").unwrap();
         assert_eq!(long.target, "front");
         assert_eq!(long.aliases, ["web", "www"]);
-        assert!(parse_network_attachment("alias=web").unwrap_err().contains("name is required"));
-        assert!(parse_network_attachment("name=a,colour=red").unwrap_err().contains("unknown field"));
+        assert!(
+            parse_network_attachment("alias=web")
+                .unwrap_err()
+                .contains("name is required")
+        );
+        assert!(
+            parse_network_attachment("name=a,colour=red")
+                .unwrap_err()
+                .contains("unknown field")
+        );
         assert!(parse_network_attachment("").is_err());
     }
 

@@ -7,9 +7,10 @@ use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
-    CreateServiceRequest, EndpointSpec, GetNetworkRequest, GetServiceRequest, ListServicesRequest, ListTasksRequest,
-    Mount, NetworkAttachment, Placement, PortConfig, RemoveServiceRequest, ResourceAmounts, Resources, RestartPolicy,
-    Service, ServiceMode, ServiceSpec, UpdateServiceRequest,
+    CreateServiceRequest, EndpointSpec, GetNetworkRequest, GetServiceRequest, ListServicesRequest,
+    ListTasksRequest, Mount, NetworkAttachment, Placement, PortConfig, RemoveServiceRequest,
+    ResourceAmounts, Resources, RestartPolicy, Service, ServiceMode, ServiceSpec,
+    UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 
@@ -671,7 +672,11 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         let before = spec.networks.len();
         spec.networks.retain(|n| n.target != network.id);
         if spec.networks.len() == before {
-            bail!("{}: the service is not attached to network {}", args.service, network.name);
+            bail!(
+                "{}: the service is not attached to network {}",
+                args.service,
+                network.name
+            );
         }
     }
     spec.networks.extend(args.network_add.iter().cloned());

@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod failover;
 mod membership;
+mod network_cli;
 mod node_ps;
 mod quorum;
 mod security;
