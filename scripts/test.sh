@@ -12,3 +12,4 @@ else
 fi
 ./target/debug/bench-raft --quick --json target/bench-raft-quick.json
 ./target/debug/bench-containers --quick --json target/bench-containers-quick.json
+./target/debug/bench-dns --quick
