@@ -394,3 +394,28 @@ async fn malformed_packets_are_survived() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
+    let table = DnsTable::new();
+    table.set_service(service("s", "big", EndpointMode::Dnsrr, "n", None));
+    for i in 0..100u8 {
+        table.set_task(task(
+            &format!("t{i}"),
+            "s",
+            &[],
+            "n",
+            &format!("10.9.0.{}", i + 2),
+        ));
+    }
+    let server = start(table, Asker::new(["n"], None), DnsConfig::default()).await;
+    let m = ask(server.local_addr(), "tasks.big", RecordType::A).await;
+    assert!(
+        m.metadata.truncation,
+        "100 A records do not fit in 512 bytes"
+    );
+    let m = ask_tcp(server.local_addr(), "tasks.big", RecordType::A).await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(addrs(&m).len(), 100);
+    server.shutdown().await;
+}

@@ -1,6 +1,10 @@
 //! The embedded service DNS server: a record table filled by the agent and a hickory server that
 //! answers from it (see `../shared/design.md`, "Networking").
 //!
+//! Logging: hickory-server logs every response at `info` (target `hickory_server`); a daemon
+//! should filter it to `warn` (`RUST_LOG=info,hickory_server=warn`) or every query costs two
+//! log lines.
+//!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
 //! use overlay::dns::{Asker, DnsConfig, DnsServer, DnsTable, FixedAsker};
