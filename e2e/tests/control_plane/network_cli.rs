@@ -238,3 +238,39 @@ async fn network_cli_creates_inspects_attaches_and_removes() -> Result<()> {
     lab.passed();
     Ok(())
 }
+
+/// `cluster-manager init` refuses a default address pool it could not carve networks from,
+/// before it writes anything.
+#[test]
+fn init_refuses_a_bad_default_address_pool() -> Result<()> {
+    let bin = e2e::bins::binary("cluster-manager")?;
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("m");
+    for (pool, mask, why) in [
+        ("10.0.0.0/16", "8", "mask length"),
+        ("10.0.0.0/16", "25", "mask length"),
+        ("10.0.0.1/8", "16", "host bits"),
+    ] {
+        let out = std::process::Command::new(&bin)
+            .args(["init", "--listen-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args([
+                "--default-addr-pool",
+                pool,
+                "--default-addr-pool-mask-length",
+                mask,
+            ])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{pool} /{mask} was accepted: {stderr}"
+        );
+        assert!(stderr.contains(why), "{pool} /{mask}: {stderr}");
+        assert!(
+            !data_dir.exists(),
+            "{pool} /{mask}: the data dir was written"
+        );
+    }
+    Ok(())
+}

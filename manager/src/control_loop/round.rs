@@ -102,6 +102,44 @@ mod tests {
     }
 
     #[test]
+    fn leases_follow_the_tasks_of_services_on_networks() {
+        let mut sim = Sim::new();
+        let a = sim.add_node("a");
+        let b = sim.add_node("b");
+        sim.apply(vec![Change::Create(Object::Network(crate::store::Network {
+            meta: crate::store::Meta { id: "net".into(), ..Default::default() },
+            name: "front".into(),
+            labels: Default::default(),
+            subnet: "10.9.0.0/16".into(),
+            vni: 4096,
+            attachable: false,
+            driver: "overlay".into(),
+        }))]);
+        let mut spec = replicated(4);
+        spec.networks = vec![crate::store::NetworkAttachment { network_id: "net".into(), aliases: Vec::new() }];
+        let service = sim.add_service("web", spec);
+        let mut rounds = 0;
+        while round(&mut sim) > 0 {
+            rounds += 1;
+            assert!(rounds < 5, "no convergence");
+        }
+        let mut leased: Vec<(String, String)> =
+            sim.store.subnet_leases.values().map(|l| (l.node_id.clone(), l.subnet.clone())).collect();
+        leased.sort();
+        let mut nodes: Vec<String> = leased.iter().map(|(n, _)| n.clone()).collect();
+        nodes.dedup();
+        assert_eq!(nodes, [a, b], "one lease per node with a task");
+        assert_ne!(leased[0].1, leased[1].1, "distinct per-host subnets");
+        sim.remove_service(&service);
+        let mut rounds = 0;
+        while round(&mut sim) > 0 {
+            rounds += 1;
+            assert!(rounds < 5, "no convergence");
+        }
+        assert!(sim.store.subnet_leases.is_empty(), "released: {:?}", sim.store.subnet_leases);
+    }
+
+    #[test]
     fn down_node_tasks_are_replaced_in_bounded_rounds() {
         let mut sim = Sim::new();
         let a = sim.add_node("a");

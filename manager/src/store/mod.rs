@@ -35,15 +35,16 @@ pub enum Op {
     SetNodeRole { id: String, role: NodeRole },
     /// Replaces the secret of the worker or manager join token.
     RotateJoinToken { role: NodeRole, secret: String },
+    /// Independent operations the leader proposed together (one log entry for many concurrent
+    /// client writes); each is applied on its own and gets its own response.
+    Multi(Vec<Op>),
+    // New variants go last: postcard encodes the variant index, so existing logs keep decoding.
     /// Creates a network: the store checks the name, checks `subnet` (or, when empty, allocates
     /// one from the cluster's address pool) and allocates the VNI, so that concurrent creates
     /// never collide. Nothing is written when it is refused.
     CreateNetwork(Box<Network>),
     /// Removes a network and its leases; refused while a service uses it.
     RemoveNetwork { id: String },
-    /// Independent operations the leader proposed together (one log entry for many concurrent
-    /// client writes); each is applied on its own and gets its own response.
-    Multi(Vec<Op>),
 }
 
 /// One generic write. `expected_version`, when given, must equal the stored object's version
