@@ -7,6 +7,10 @@
 //! routable tasks each; the queries cycle over `<vip service>`, `<dnsrr service>` and
 //! `tasks.<service>` (all answered from the table, no upstream).
 //!
+//! Then the time from a table update (a task added to or removed from a dnsrr service) to the
+//! first answer that shows it, asked in a loop by one client (the managers' push to the agent is
+//! not part of it).
+//!
 //! Real figures need a release build: `cargo build --release -p overlay --bins &&
 //! target/release/bench-dns`. `--quick` (what CI runs) measures for 1.5 s only.
 
@@ -213,6 +217,55 @@ fn client(
     Ok(res)
 }
 
+/// Adds a task to (or removes it from) the dnsrr service `svc100`, then asks `tasks.svc100` until
+/// the answer shows the change; returns p50 and p99 in ms and the number of trials.
+fn update_visibility(
+    server: SocketAddr,
+    table: &DnsTable,
+    trials: usize,
+) -> std::io::Result<(f64, f64, usize)> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.connect(server)?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut m = Message::new(1, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(
+        Name::from_ascii("tasks.svc100").expect("valid name"),
+        RecordType::A,
+    ));
+    let q = m.to_vec().map_err(std::io::Error::other)?;
+    let probe = Ipv4Addr::new(10, 200, 0, 9);
+    let mut buf = [0u8; 1500];
+    let mut samples = Vec::new();
+    for i in 0..trials {
+        let adding = i % 2 == 0;
+        let t0 = Instant::now();
+        if adding {
+            table.set_task(TaskRecord {
+                id: "probe".into(),
+                service_id: "s100".into(),
+                names: vec![],
+                addrs: vec![("bench".into(), IpAddr::V4(probe))],
+            });
+        } else {
+            table.remove_task("probe");
+        }
+        loop {
+            sock.send(&q)?;
+            let n = sock.recv(&mut buf)?;
+            let has = buf[..n].windows(4).any(|w| w == probe.octets());
+            if has == adding {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                return Err(std::io::Error::other("change not visible after 5 s"));
+            }
+        }
+        samples.push(t0.elapsed().as_nanos() as u64);
+    }
+    samples.sort_unstable();
+    Ok((pct(&samples, 0.5), pct(&samples, 0.99), samples.len()))
+}
+
 fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -243,7 +296,7 @@ fn main() {
     let table = table();
     let server = match rt.block_on(DnsServer::bind(
         "127.0.0.1:0".parse().expect("literal address"),
-        table,
+        table.clone(),
         FixedAsker(Asker::new(["bench"], None)),
         DnsConfig::default(),
     )) {
@@ -293,6 +346,14 @@ fn main() {
             }
         }
     }
+    let visible = match update_visibility(addr, &table, if args.duration < 5.0 { 20 } else { 200 })
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("bench-dns: update visibility: {e}");
+            std::process::exit(1);
+        }
+    };
     rt.block_on(server.shutdown());
     all.sort_unstable();
     let qps = all.len() as f64 / secs;
@@ -319,6 +380,13 @@ fn main() {
         all.len(),
         errors,
         lost
+    );
+    println!(
+        "| DNS record after a task starts or stops (table update to first answer with it; the push from the managers not included) | p50 {:.3} ms, p99 {:.3} ms | Swarm: stale records are a known bug | <= 100 ms | {} | {} trials (start and stop) |",
+        visible.0,
+        visible.1,
+        if visible.1 <= 100.0 { "yes" } else { "no" },
+        visible.2
     );
     if all.is_empty() || errors > 0 {
         eprintln!("bench-dns: no answers or error answers");
