@@ -55,6 +55,13 @@ pub fn render(info: &InfoResponse) -> String {
         ("Created at", format_time_ms(info.created_at_ms)),
         ("Leader", leader),
         ("Nodes", info.node_count.to_string()),
+        (
+            "Address pool",
+            format!(
+                "{} (networks of /{})",
+                info.default_addr_pool, info.default_addr_pool_mask_length
+            ),
+        ),
         ("Answered by", manager_label(info, info.answered_by)),
         ("Raft", String::new()),
         (" Term", info.raft_term.to_string()),

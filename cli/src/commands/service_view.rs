@@ -408,6 +408,20 @@ pub fn inspect_pretty(service: &Service) -> String {
             }
         }
     }
+    if !spec.networks.is_empty() {
+        let networks: Vec<String> = spec
+            .networks
+            .iter()
+            .map(|n| {
+                if n.aliases.is_empty() {
+                    n.target.clone()
+                } else {
+                    format!("{} (aliases: {})", n.target, n.aliases.join(", "))
+                }
+            })
+            .collect();
+        entries.push(("Networks", networks.join("; ")));
+    }
     key_values(&entries)
 }
 

@@ -44,6 +44,12 @@ fn range(cidr: &str) -> (u32, u32) {
 async fn network_cli_creates_inspects_attaches_and_removes() -> Result<()> {
     let lab = Lab::cluster("network-cli", 3, Tuning::fast()).await?;
 
+    let out = lab.cli(&["info"]).await?;
+    assert!(
+        out.stdout.contains("10.0.0.0/8 (networks of /16)"),
+        "the default pool is not in info: {out:?}"
+    );
+
     let out = lab
         .cli(&["network", "create", "--label", "tier=front", "front"])
         .await?;

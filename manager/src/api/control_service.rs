@@ -336,6 +336,8 @@ impl Control for ControlService {
             answered_by: self.consensus.node_id,
             ca_digest: identity::ca_digest(&settings.ca_cert_pem).unwrap_or_default(),
             raft_purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
+            default_addr_pool: settings.address_pool.pool.clone(),
+            default_addr_pool_mask_length: u32::from(settings.address_pool.mask_length),
         }))
     }
 
