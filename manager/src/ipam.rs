@@ -166,13 +166,14 @@ pub fn lease_id(network_id: &str, node_id: &str) -> String {
 }
 
 /// The (network id, node id) pairs that need a lease: a live task assigned to the node (from
-/// ASSIGNED up to RUNNING) runs a spec attached to the network.
+/// ASSIGNED up to RUNNING) runs a spec attached to the network, and both still exist.
 pub fn needed_leases(store: &Store) -> BTreeSet<(String, String)> {
     store
         .tasks
         .values()
         .filter(|t| t.is_live() && t.status.state >= TaskState::Assigned && t.status.state <= TaskState::Running)
         .filter_map(|t| t.node_id.as_ref().map(|node| (t, node)))
+        .filter(|(_, node)| store.nodes.contains_key(*node))
         .flat_map(|(t, node)| {
             t.spec
                 .networks

@@ -299,8 +299,11 @@ fn leases_follow_assigned_and_running_tasks() {
             Change::Create(Object::Task(pending)),
         ],
     );
+    let mut ghost = task_on("t9", &service, "gone", TaskState::Running);
+    ghost.meta.id = "t9".into();
+    apply_changes(&mut store, 6, vec![Change::Create(Object::Task(ghost))]);
     let plan = plan_leases(&store);
-    assert_eq!(plan.len(), 4, "two networks on two nodes: {plan:?}");
+    assert_eq!(plan.len(), 4, "two networks on two nodes, none for a node that is gone: {plan:?}");
     apply_changes(&mut store, 7, plan);
     assert!(plan_leases(&store).is_empty(), "converged");
     let blue: BTreeSet<String> =
