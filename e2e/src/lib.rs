@@ -8,6 +8,7 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
+pub mod bench;
 pub mod bins;
 pub mod client;
 pub mod lab;

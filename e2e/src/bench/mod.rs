@@ -1,0 +1,3 @@
+//! Benchmark scenarios shared by the bench binaries.
+
+pub mod containers;
