@@ -16,7 +16,7 @@
 //! Needs root, iproute2, runc, docker-registry and busybox-static, and the binaries built next to
 //! this one (`cargo build --release --workspace --bins && target/release/bench-containers`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use e2e::Summary;
 use e2e::bench::containers::{BulkRun, bulk_start, keep_logs_on_error, node_loss};
@@ -192,16 +192,7 @@ fn run() -> Result<()> {
         figures,
     };
     print_table(&report);
-    let path = match args.json {
-        Some(path) => path,
-        None => e2e::bins::bin_dir()?
-            .parent()
-            .map(|p| p.join("bench-containers.json"))
-            .unwrap_or_else(|| PathBuf::from("bench-containers.json")),
-    };
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("\nJSON: {}", path.display());
+    e2e::bench::write_report("bench-containers", args.json, &report)?;
     Ok(())
 }
 

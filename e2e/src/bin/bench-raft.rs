@@ -13,7 +13,7 @@
 //!   timeouts; the time from the kill to the first accepted write is one sample. The old leader is
 //!   restarted and caught up before the next trial.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use clap::Parser;
 use e2e::client::{self, Control, describe, write_label};
 use e2e::lab::CONVERGE_TIMEOUT;
@@ -195,19 +195,7 @@ async fn run(mut args: Args) -> Result<()> {
         failover,
     };
     print_table(&report);
-    let path = match args.json {
-        Some(path) => path,
-        None => bin_dir
-            .parent()
-            .map(|p| p.join("bench-raft.json"))
-            .unwrap_or_else(|| PathBuf::from("bench-raft.json")),
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("\nJSON: {}", path.display());
+    e2e::bench::write_report("bench-raft", args.json, &report)?;
     lab.passed();
     Ok(())
 }

@@ -176,16 +176,7 @@ fn run() -> Result<()> {
         rows,
     };
     print_table(&report);
-    let path = match args.json {
-        Some(path) => path,
-        None => e2e::bins::bin_dir()?
-            .parent()
-            .map(|p| p.join("bench-swarm.json"))
-            .unwrap_or_else(|| PathBuf::from("bench-swarm.json")),
-    };
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("\nJSON: {}", path.display());
+    e2e::bench::write_report("bench-swarm", args.json, &report)?;
     Ok(())
 }
 
@@ -246,7 +237,10 @@ fn rows(ours: &Side, swarm: &Side, args: &Args) -> Vec<Row> {
     let ms = |v: f64| format!("{v:.0} ms");
     vec![
         Row {
-            name: format!("create --replicas {} to all running (median)", args.replicas),
+            name: format!(
+                "create --replicas {} to all running (median)",
+                args.replicas
+            ),
             ours: ms(ours.bulk_total.p50_ms),
             swarm: ms(swarm.bulk_total.p50_ms),
             ratio: ratio(ours.bulk_total.p50_ms, swarm.bulk_total.p50_ms),
@@ -402,7 +396,10 @@ fn verify_left_as_found() -> Result<()> {
         bail!("engine left in swarm state {}", state.trim());
     }
     let images = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
-    if let Some(left) = images.lines().find(|l| l.starts_with("cluster-bench-busybox:")) {
+    if let Some(left) = images
+        .lines()
+        .find(|l| l.starts_with("cluster-bench-busybox:"))
+    {
         bail!("image {left} left on the engine");
     }
     println!("bench-swarm: engine left as found (swarm inactive, image removed)");
@@ -634,7 +631,8 @@ fn measure_swarm(guard: &mut SwarmGuard, args: &Args) -> Result<Side> {
         docker(&["service", "scale", "-d", &format!("{name}={SCALE_FROM}")])?;
         let tasks = swarm_wait(&name, |t| {
             t.iter().filter(|t| t.state == "running").count() == SCALE_FROM
-                && t.iter().all(|t| t.desired == "running" || t.state != "running")
+                && t.iter()
+                    .all(|t| t.desired == "running" || t.state != "running")
         })?;
         let last = tasks
             .iter()
