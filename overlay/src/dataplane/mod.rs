@@ -16,6 +16,7 @@
 //! All calls block the calling thread (each runs its netlink work on a short-lived thread that has
 //! entered the target namespace with `setns`); call them from `spawn_blocking` in async code.
 
+pub mod lb;
 mod nl;
 
 use std::collections::BTreeMap;
