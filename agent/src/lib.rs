@@ -3,4 +3,5 @@
 
 pub mod daemon;
 pub mod image;
+pub mod network;
 pub mod runtime;

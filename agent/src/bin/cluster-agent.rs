@@ -49,6 +49,10 @@ struct Common {
     /// Parent cgroup of the containers.
     #[arg(long)]
     cgroup_parent: Option<PathBuf>,
+    /// A DNS server (ip:port) the embedded DNS forwards names outside the cluster to; repeatable.
+    /// None given: such names are refused.
+    #[arg(long = "dns-upstream")]
+    dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl Common {
@@ -56,6 +60,7 @@ impl Common {
         RunOptions {
             runc_binary: self.runc.clone(),
             cgroup_parent: self.cgroup_parent.clone(),
+            dns_upstreams: self.dns_upstreams.clone(),
             ..Default::default()
         }
     }
@@ -66,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
         )
         .init();
     identity::install_crypto_provider();

@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::v1::{Assignment, TaskStatus};
+use proto::v1::{Assignment, TaskAddress, TaskStatus};
 use tokio::sync::{Notify, RwLock, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::container::{container_spec, exit_status, status, stop_params, wants_run};
 use super::plan::{Action, ImageUse, Keep, Phase, decide, keep_images};
 use crate::image::{GcStats, ImageConfig, ImageRef, ImageStore, Rootfs, digest_hex, mount_rootfs};
+use crate::network::Overlay;
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, DEFAULT_STOP_GRACE, DEFAULT_STOP_SIGNAL, ExitInfo, MountSpec,
     Signal,
@@ -292,10 +293,10 @@ pub enum Input {
 }
 
 enum Event {
-    /// Image and rootfs are ready (`None`: preparing failed, reported).
+    /// Image, rootfs and network attachments are ready (`None`: preparing failed, reported).
     Prepared {
         id: String,
-        spec: Option<Box<(ContainerSpec, Signal, String)>>,
+        spec: Option<Box<PreparedTask>>,
     },
     /// `run` returned: whether the container runs.
     Started {
@@ -318,6 +319,16 @@ enum Event {
     },
 }
 
+/// What a prepare hands back.
+struct PreparedTask {
+    spec: ContainerSpec,
+    signal: Signal,
+    /// The pinned image of its rootfs.
+    image: String,
+    /// Its addresses on its overlay networks.
+    addresses: Vec<TaskAddress>,
+}
+
 struct Local {
     phase: Phase,
     signal: Signal,
@@ -325,6 +336,8 @@ struct Local {
     prepared: Option<ContainerSpec>,
     /// The image of the task's rootfs, kept by image collections until the entry goes.
     image: ImageUse,
+    /// Its overlay addresses, repeated in the RUNNING report.
+    addresses: Vec<TaskAddress>,
 }
 
 impl Local {
@@ -334,6 +347,7 @@ impl Local {
             signal: DEFAULT_STOP_SIGNAL,
             prepared: None,
             image: ImageUse::None,
+            addresses: Vec::new(),
         }
     }
 }
@@ -359,6 +373,8 @@ pub struct Executor<R, I> {
     /// A collection after removals (debounced).
     gc_soon: Option<Instant>,
     gc_running: bool,
+    /// Overlay networking (`None`: tasks with networks are rejected).
+    overlay: Option<Arc<Overlay>>,
 }
 
 /// How many containers may be starting at once. Each start is a few short-lived runc processes
@@ -388,7 +404,14 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             gc_at: Instant::now() + ImageGcOptions::default().interval,
             gc_soon: None,
             gc_running: false,
+            overlay: None,
         }
+    }
+
+    /// Attaches containers to their overlay networks through `overlay`.
+    pub fn with_overlay(mut self, overlay: Arc<Overlay>) -> Self {
+        self.overlay = Some(overlay);
+        self
     }
 
     /// When to collect unused images (default: [`ImageGcOptions::default`]).
@@ -401,6 +424,9 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
     /// Re-adopts the runtime's containers, then follows the inputs until they end.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
         self.adopt().await;
+        if let Some(overlay) = &self.overlay {
+            overlay.recover(&self.local.keys().cloned().collect()).await;
+        }
         tracing::debug!(containers = self.local.len(), "executor ready");
         loop {
             let gc_at = self.gc_soon.map_or(self.gc_at, |t| t.min(self.gc_at));
@@ -487,13 +513,21 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             Event::Prepared { id, spec } => {
                 let mut local = Local::new(Phase::Finished);
                 if let Some(prepared) = spec {
-                    let (spec, signal, image) = *prepared;
-                    self.statuses.push(status(&id, "ready", "prepared"));
+                    let PreparedTask {
+                        spec,
+                        signal,
+                        image,
+                        addresses,
+                    } = *prepared;
+                    let mut st = status(&id, "ready", "prepared");
+                    st.addresses = addresses.clone();
+                    self.statuses.push(st);
                     local = Local {
                         phase: Phase::Ready,
                         signal,
                         prepared: Some(spec),
                         image: ImageUse::Known(image),
+                        addresses,
                     };
                 }
                 self.local.insert(id, local);
@@ -605,8 +639,13 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                     local.image = old.image;
                 }
                 self.local.insert(id.clone(), local);
-                let images = self.images.clone();
-                tokio::spawn(async move { images.release(&id).await });
+                let (images, overlay) = (self.images.clone(), self.overlay.clone());
+                tokio::spawn(async move {
+                    if let Some(overlay) = overlay {
+                        overlay.detach(&id).await;
+                    }
+                    images.release(&id).await
+                });
             }
             Action::Stop(id) => {
                 let signal = self
@@ -647,12 +686,16 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                 local.phase = Phase::Removing;
                 let (runtime, images, tx) =
                     (self.runtime.clone(), self.images.clone(), self.tx.clone());
+                let overlay = self.overlay.clone();
                 tokio::spawn(async move {
                     if running {
                         let _ = runtime.stop(&id, signal, DEFAULT_STOP_GRACE).await;
                     }
                     if let Err(e) = runtime.remove(&id).await {
                         tracing::debug!(task = %id, error = %e, "removing container");
+                    }
+                    if let Some(overlay) = overlay {
+                        overlay.detach(&id).await;
                     }
                     images.release(&id).await;
                     let _ = tx.send(Event::Removed { id });
@@ -671,6 +714,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         let (images, tx) = (self.images.clone(), self.tx.clone());
         let (statuses, volumes) = (self.statuses.clone(), self.volumes.clone());
         let lock = self.image_lock.clone();
+        let overlay = self.overlay.clone();
         tokio::spawn(async move {
             // Held until the result is sent (see `start_gc`).
             let _shared = lock.read_owned().await;
@@ -687,7 +731,33 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                     return;
                 }
             };
-            let cspec = container_spec(&id, &prepared.rootfs, &spec, &prepared.config, &volumes);
+            let mut cspec =
+                container_spec(&id, &prepared.rootfs, &spec, &prepared.config, &volumes);
+            let attached = match &overlay {
+                Some(overlay) => overlay.attach(&id, &spec).await,
+                None if spec.networks.is_empty() => Ok(None),
+                None => Err("overlay networking is not enabled on this node".to_string()),
+            };
+            let addresses = match attached {
+                Ok(Some(attached)) => {
+                    cspec.netns = Some(attached.netns);
+                    cspec.mounts.push(MountSpec::Bind {
+                        source: attached.resolv_conf,
+                        target: "/etc/resolv.conf".into(),
+                        readonly: false,
+                    });
+                    attached.addresses
+                }
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    images.release(&id).await;
+                    let mut st = status(&id, "rejected", "network attachment failed");
+                    st.error = e;
+                    statuses.push(st);
+                    let _ = tx.send(Event::Prepared { id, spec: None });
+                    return;
+                }
+            };
             for m in &cspec.mounts {
                 if let MountSpec::Volume { source, .. } = m
                     && let Err(e) = std::fs::create_dir_all(source)
@@ -698,7 +768,12 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             let (signal, _) = stop_params(&spec, &prepared.config);
             let _ = tx.send(Event::Prepared {
                 id,
-                spec: Some(Box::new((cspec, signal, prepared.image))),
+                spec: Some(Box::new(PreparedTask {
+                    spec: cspec,
+                    signal,
+                    image: prepared.image,
+                    addresses,
+                })),
             });
         });
     }
@@ -711,6 +786,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             return;
         };
         local.phase = Phase::Starting;
+        let addresses = local.addresses.clone();
         self.statuses.push(status(&id, "starting", "starting"));
         let (runtime, images, tx) = (self.runtime.clone(), self.images.clone(), self.tx.clone());
         let (statuses, slots) = (self.statuses.clone(), self.start_slots.clone());
@@ -725,6 +801,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                 Ok(info) => {
                     let mut st = status(&id, "running", "started");
                     st.container_id = info.id;
+                    st.addresses = addresses;
                     statuses.push(st);
                     let _ = tx.send(Event::Started {
                         id: id.clone(),

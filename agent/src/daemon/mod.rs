@@ -3,7 +3,7 @@
 //!
 //! Data dir layout: `agent.json` (config), `node.json` (credentials), `images/`, `runtime/`,
 //! `containers/<task id>/` (root filesystems, and `image`: the pinned image each was made from),
-//! `volumes/<name>/_data`.
+//! `volumes/<name>/_data`, `network/` (overlay attachments, containers' resolv.conf).
 
 pub mod container;
 pub mod executor;
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::image::{ImageStore, RegistryClient, RegistryConfig};
+use crate::network::{Overlay, OverlaySettings};
 use crate::runtime::{ContainerRuntime, Runtime, RuntimeConfig};
 use executor::{Executor, ImageGcOptions, Images, StatusQueue, StoreImages};
 
@@ -166,6 +167,8 @@ pub struct RunOptions {
     pub cgroup_parent: Option<PathBuf>,
     /// When unused images are collected.
     pub image_gc: ImageGcOptions,
+    /// Where the embedded DNS sends names outside the cluster (none: they are refused).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the agent from its data dir until the returned future is dropped.
@@ -192,7 +195,65 @@ pub async fn run(data_dir: &Path, opts: &RunOptions) -> Result<()> {
         store,
         containers: data_dir.join("containers"),
     });
-    serve(data_dir, config, creds, runtime, images, opts.image_gc).await
+    let overlay = start_overlay(data_dir, &config, opts).await;
+    serve(
+        data_dir,
+        config,
+        creds,
+        runtime,
+        images,
+        opts.image_gc,
+        overlay,
+    )
+    .await
+}
+
+/// Overlay networking over the node's advertised address (the underlay). Without an IPv4
+/// advertised address the node runs tasks without networks only.
+async fn start_overlay(
+    data_dir: &Path,
+    config: &AgentConfig,
+    opts: &RunOptions,
+) -> Option<Arc<Overlay>> {
+    let Ok(underlay_ip) = config.advertise_addr.parse::<std::net::Ipv4Addr>() else {
+        tracing::warn!(
+            advertise_addr = %config.advertise_addr,
+            "overlay networking disabled: the advertised address is not an IPv4 address"
+        );
+        return None;
+    };
+    let underlay_mtu =
+        tokio::task::spawn_blocking(move || overlay::dataplane::underlay_mtu(underlay_ip))
+            .await
+            .ok()
+            .and_then(|r| {
+                r.inspect_err(
+                    |e| tracing::warn!(error = %e, "cannot read the underlay MTU; assuming 1500"),
+                )
+                .ok()
+            })
+            .unwrap_or(1500);
+    let settings = OverlaySettings {
+        node_tag: format!("{:016x}", config.node_id),
+        underlay_ip,
+        underlay_mtu,
+        state_dir: data_dir.join("network"),
+        dns: overlay::dns::DnsConfig {
+            upstreams: opts.dns_upstreams.clone(),
+            ..Default::default()
+        },
+    };
+    match Overlay::new(settings) {
+        Ok(overlay) => {
+            tracing::info!(%underlay_ip, underlay_mtu, "overlay networking ready");
+            tokio::spawn(overlay.clone().run());
+            Some(overlay)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "overlay networking disabled");
+            None
+        }
+    }
 }
 
 /// The session and the executor over a given runtime and image source.
@@ -203,12 +264,16 @@ pub async fn serve<R: ContainerRuntime, I: Images>(
     runtime: Arc<R>,
     images: Arc<I>,
     image_gc: ImageGcOptions,
+    overlay: Option<Arc<Overlay>>,
 ) -> Result<()> {
     let statuses = StatusQueue::default();
     let (tx, rx) = mpsc::channel(64);
     let logs: Arc<dyn log_publisher::LogSource> = runtime.clone();
-    let executor = Executor::new(runtime, images, data_dir.join("volumes"), statuses.clone())
+    let mut executor = Executor::new(runtime, images, data_dir.join("volumes"), statuses.clone())
         .with_image_gc(image_gc);
+    if let Some(overlay) = &overlay {
+        executor = executor.with_overlay(overlay.clone());
+    }
     let exec = tokio::spawn(executor.run(rx));
     let dir = data_dir.to_path_buf();
     let saved = config.clone();
@@ -226,7 +291,7 @@ pub async fn serve<R: ContainerRuntime, I: Images>(
         advertise_addr: config.advertise_addr.clone(),
         manager_addrs: config.manager_addrs.clone(),
     };
-    session::run(cfg, creds, tx, statuses, hook, logs).await;
+    session::run(cfg, creds, tx, statuses, hook, logs, overlay).await;
     exec.abort();
     Ok(())
 }

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 
 use super::executor::{Input, StatusQueue};
 use super::log_publisher::{DispatcherSink, LogSource, Publisher};
+use crate::network::Overlay;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -38,11 +39,13 @@ pub async fn run(
     statuses: StatusQueue,
     on_addrs: AddrsHook,
     logs: Arc<dyn LogSource>,
+    overlay: Option<Arc<Overlay>>,
 ) {
     let local = Local {
         inputs,
         statuses,
         logs,
+        overlay,
     };
     let mut addrs = cfg.manager_addrs.clone();
     let mut next = 0usize;
@@ -100,6 +103,8 @@ struct Local {
     inputs: mpsc::Sender<Input>,
     statuses: StatusQueue,
     logs: Arc<dyn LogSource>,
+    /// Takes the network views.
+    overlay: Option<Arc<Overlay>>,
 }
 
 enum Outcome {
@@ -201,6 +206,9 @@ async fn session_once(
             std::mem::take(&mut msg.log_subscriptions),
             &msg.cancelled_log_subscriptions,
         );
+        if let (Some(overlay), Some(views)) = (&local.overlay, msg.networks.take()) {
+            overlay.set_views(views.networks);
+        }
         if msg.kind != "full" && msg.assignments.is_empty() && msg.removed.is_empty() {
             continue;
         }

@@ -18,6 +18,7 @@
 //! see [`requirements`].
 
 pub mod image;
+pub mod services;
 
 use crate::process::{INIT_DONE, JOIN_DONE, spawn_tied};
 use crate::wait::Deadline;
@@ -940,8 +941,24 @@ impl NetLab {
         for m in &mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        // 4. Namespaces (their veths go with them).
+        // 4. Namespaces (their veths go with them): the agents' own (overlay networks and
+        //    containers, named after their node id), then the lab's.
         let mut errors = Vec::new();
+        for tag in agent_node_tags(&dir) {
+            let prefix = format!("cl-{tag}-");
+            for entry in std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let ns = entry.file_name().to_string_lossy().into_owned();
+                if ns.starts_with(&prefix)
+                    && let Err(e) = ip(&["netns", "del", &ns])
+                {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
         for ns in namespaces(name) {
             if let Err(e) = ip(&["netns", "del", &ns]) {
                 errors.push(format!("{e:#}"));
@@ -1042,4 +1059,17 @@ mod tests {
         assert_eq!(unescape_mount("/tmp/a\\040b"), "/tmp/a b");
         assert_eq!(unescape_mount("/tmp/ab"), "/tmp/ab");
     }
+}
+
+/// The namespace tags (`{node id:016x}`) of the agents that joined in lab dir `dir`.
+fn agent_node_tags(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("agent/agent.json")).ok())
+        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .filter_map(|v| v["node_id"].as_u64())
+        .map(|id| format!("{id:016x}"))
+        .collect()
 }

@@ -24,8 +24,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub use nl::{
-    attach_container, create_named_netns, delete_named_netns, detach_container, ensure_network,
-    observe_remotes, reconcile_remotes, teardown_network,
+    attach_container, bind_in_netns, create_named_netns, delete_named_netns, detach_container,
+    detach_veth, ensure_network, observe_remotes, reconcile_remotes, teardown_network,
+    underlay_mtu,
 };
 
 /// Name of the bridge inside a network's namespace.

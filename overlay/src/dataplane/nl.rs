@@ -240,6 +240,14 @@ pub fn ensure_network(cfg: &NetworkConfig) -> Result<()> {
     let staging = cfg.staging_vxlan_name();
     in_netns(Some(&cfg.netns), |h| async move {
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        // VIP traffic between containers of this host is routed back out of br0 (hairpin): no
+        // ICMP redirects for it (they would also use up the ICMP rate limit for real errors).
+        for conf in ["all", "default"] {
+            write_sysctl(
+                &format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects"),
+                "0",
+            )?;
+        }
         // Loopback up (the network namespace may later host the DNS server).
         let lo = link_index(&h, "lo").await?;
         h.link()
@@ -289,6 +297,10 @@ pub fn ensure_network(cfg: &NetworkConfig) -> Result<()> {
             .execute()
             .await
             .map_err(nl("bridge mtu/up"))?;
+        write_sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{BRIDGE_NAME}/send_redirects"),
+            "0",
+        )?;
         add_addr_replace(&h, br, cfg.subnet.gateway(), cfg.subnet.prefix, BRIDGE_NAME).await
     })
 }
@@ -428,7 +440,12 @@ pub fn attach_container(cfg: &NetworkConfig, a: &Attachment) -> Result<()> {
 
 /// Removes a container's veth pair (by its end in the network's namespace); idempotent.
 pub fn detach_container(cfg: &NetworkConfig, host_ifname: &str) -> Result<()> {
-    in_netns(Some(&cfg.netns), |h| async move {
+    detach_veth(&cfg.netns, host_ifname)
+}
+
+/// Removes the veth `host_ifname` (and its peer) from the network namespace `netns`; idempotent.
+pub fn detach_veth(netns: &Path, host_ifname: &str) -> Result<()> {
+    in_netns(Some(netns), |h| async move {
         del_link_if_exists(&h, host_ifname).await
     })
 }
@@ -699,4 +716,62 @@ pub fn delete_named_netns(name: &str) -> Result<()> {
         }
     }
     std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))
+}
+
+/// Binds a UDP socket and a TCP listener on `addr` inside `netns` (for a DNS server that answers
+/// the containers of a network at their gateway address). Sockets stay in the namespace they were
+/// created in, whichever thread later uses them.
+pub fn bind_in_netns(
+    netns: &Path,
+    addr: std::net::SocketAddr,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            enter_netns(netns)?;
+            let udp = std::net::UdpSocket::bind(addr).map_err(io(format!("bind udp {addr}")))?;
+            let tcp = std::net::TcpListener::bind(addr).map_err(io(format!("bind tcp {addr}")))?;
+            Ok((udp, tcp))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Invalid("bind thread panicked".into())))
+    })
+}
+
+/// The MTU of the link holding `ip` in the caller's network namespace (the underlay: the overlay
+/// gets 50 bytes less).
+pub fn underlay_mtu(ip: Ipv4Addr) -> Result<u32> {
+    in_netns(None, |h| async move {
+        let addrs: Vec<AddressMessage> = h
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list addresses"))?;
+        let index = addrs
+            .iter()
+            .find(|m| {
+                m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)
+                })
+            })
+            .map(|m| m.header.index)
+            .ok_or_else(|| Error::Invalid(format!("no link holds the underlay address {ip}")))?;
+        let link = h
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl("get the underlay link"))?
+            .ok_or_else(|| Error::Invalid(format!("link {index} vanished")))?;
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Invalid(format!("link {index} reports no MTU")))
+    })
 }

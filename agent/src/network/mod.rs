@@ -1,0 +1,605 @@
+//! Overlay networking on this host, driven by the network views the managers push in the session
+//! (see `proto` `NetworkView`): for every network the node holds a lease of, a network namespace
+//! with the bridge, the VxLAN device and the routes to the other hosts ([`overlay::dataplane`]),
+//! an embedded DNS server at the gateway address ([`overlay::dns`]) and the VIP balancer
+//! ([`overlay::dataplane::lb`]). Containers get a namespace of their own with one veth per network
+//! and an address from the node's lease, chosen here without asking the managers.
+//!
+//! Names: network namespaces `cl-<node>-net-<network id>`, container namespaces
+//! `cl-<node>-task-<task id>` (the node part keeps several agents on one machine apart). What
+//! containers are attached where is saved in `<data dir>/network/attachments.json`, so that a
+//! restarted agent keeps their addresses and cleans up after tasks that went away meanwhile.
+//! Every netlink call blocks: they run on `spawn_blocking` threads.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use overlay::dataplane::{self, Attachment, NetworkConfig, RemoteHost, Subnet, lb};
+use overlay::dns::{Asker, DnsConfig, DnsServer, DnsTable, SourceMap};
+use proto::v1::{NetworkView, ServiceSpec, TaskAddress};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify, watch};
+
+/// How long a container waits for the managers to lease this node a subnet of its network.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
+/// How often the remote entries and VIP rules are checked against the views (repairs what
+/// someone else changed or what failed before).
+const REPAIR_INTERVAL: Duration = Duration::from_secs(30);
+/// The embedded DNS server's port.
+const DNS_PORT: u16 = 53;
+
+/// What the agent knows of its host for overlay networking.
+#[derive(Clone, Debug)]
+pub struct OverlaySettings {
+    /// Tells this node's namespaces apart from other agents' on the same machine (the node id).
+    pub node_tag: String,
+    /// The address VxLAN packets leave from and arrive at.
+    pub underlay_ip: Ipv4Addr,
+    pub underlay_mtu: u32,
+    /// `<data dir>/network`: the saved attachments and the containers' resolv.conf files.
+    pub state_dir: PathBuf,
+    pub dns: DnsConfig,
+}
+
+/// A container's attachment to its networks, ready for runc.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    /// The container's network namespace.
+    pub netns: PathBuf,
+    /// To bind-mount at `/etc/resolv.conf`.
+    pub resolv_conf: PathBuf,
+    /// Its address on each network, for the managers.
+    pub addresses: Vec<TaskAddress>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    tasks: BTreeMap<String, SavedTask>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SavedTask {
+    netns: String,
+    stack: Option<String>,
+    links: Vec<SavedLink>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SavedLink {
+    network_id: String,
+    /// The veth end in the network's namespace.
+    host_ifname: String,
+    address: Ipv4Addr,
+}
+
+/// A network set up on this host.
+struct LocalNetwork {
+    config: NetworkConfig,
+    dns: Option<DnsServer<SourceMap>>,
+    /// What was last applied (`None`: apply again).
+    remotes: Option<Vec<RemoteHost>>,
+    vip_rules: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    networks: HashMap<String, LocalNetwork>,
+    saved: Saved,
+    /// Network namespaces of ours found at start-up that no view has claimed yet.
+    leftovers: BTreeSet<String>,
+}
+
+impl State {
+    fn in_use(&self, network_id: &str) -> bool {
+        self.saved
+            .tasks
+            .values()
+            .any(|t| t.links.iter().any(|l| l.network_id == network_id))
+    }
+
+    fn used_addresses(&self, network_id: &str) -> BTreeSet<Ipv4Addr> {
+        self.saved
+            .tasks
+            .values()
+            .flat_map(|t| t.links.iter())
+            .filter(|l| l.network_id == network_id)
+            .map(|l| l.address)
+            .collect()
+    }
+}
+
+/// The overlay networks of this host.
+pub struct Overlay {
+    settings: OverlaySettings,
+    state: Mutex<State>,
+    views: watch::Sender<Arc<Vec<NetworkView>>>,
+    table: DnsTable,
+    sources: SourceMap,
+    sync_wanted: Notify,
+}
+
+fn blocking_error(e: tokio::task::JoinError) -> String {
+    format!("network task failed: {e}")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> dataplane::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(blocking_error)?
+        .map_err(|e| e.to_string())
+}
+
+impl Overlay {
+    /// Loads the saved attachments; call [`Overlay::recover`] once the live containers are known.
+    pub fn new(settings: OverlaySettings) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&settings.state_dir)?;
+        let saved = match std::fs::read(settings.state_dir.join("attachments.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "network: unreadable attachments file, starting empty");
+                Saved::default()
+            }),
+            Err(_) => Saved::default(),
+        };
+        let (views, _) = watch::channel(Arc::new(Vec::new()));
+        Ok(Arc::new(Overlay {
+            settings,
+            state: Mutex::new(State {
+                saved,
+                ..State::default()
+            }),
+            views,
+            table: DnsTable::new(),
+            sources: SourceMap::new(),
+            sync_wanted: Notify::new(),
+        }))
+    }
+
+    /// The DNS records served to this host's containers.
+    pub fn dns_table(&self) -> &DnsTable {
+        &self.table
+    }
+
+    fn network_netns_name(&self, network_id: &str) -> String {
+        format!("cl-{}-net-{network_id}", self.settings.node_tag)
+    }
+
+    fn task_netns_name(&self, task_id: &str) -> String {
+        format!("cl-{}-task-{task_id}", self.settings.node_tag)
+    }
+
+    fn netns_path(name: &str) -> PathBuf {
+        Path::new("/run/netns").join(name)
+    }
+
+    fn config_of(&self, view: &NetworkView) -> Result<NetworkConfig, String> {
+        let subnet: Subnet = view
+            .lease
+            .parse()
+            .map_err(|e| format!("network {}: lease {:?}: {e}", view.name, view.lease))?;
+        Ok(NetworkConfig {
+            netns: Self::netns_path(&self.network_netns_name(&view.id)),
+            underlay_netns: None,
+            vni: view.vni,
+            subnet,
+            underlay_ip: self.settings.underlay_ip,
+            underlay_mtu: self.settings.underlay_mtu,
+        })
+    }
+
+    /// Keeps the containers that still exist (their addresses stay taken, their DNS asker
+    /// context comes back) and removes the attachments and namespaces of the others.
+    pub async fn recover(&self, live_tasks: &BTreeSet<String>) {
+        let mut st = self.state.lock().await;
+        let gone: Vec<String> = st
+            .saved
+            .tasks
+            .keys()
+            .filter(|id| !live_tasks.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.detach_locked(&mut st, &id).await;
+        }
+        for task in st.saved.tasks.values() {
+            let networks: Vec<&str> = task.links.iter().map(|l| l.network_id.as_str()).collect();
+            for link in &task.links {
+                self.sources.insert(
+                    IpAddr::V4(link.address),
+                    Asker::new(networks.iter().copied(), task.stack.as_deref()),
+                );
+            }
+        }
+        // Namespaces of ours nobody accounts for: containers' go now, networks' once the first
+        // views tell whether they are still wanted.
+        let prefix = format!("cl-{}-", self.settings.node_tag);
+        let kept: BTreeSet<String> = st.saved.tasks.values().map(|t| t.netns.clone()).collect();
+        let names: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        for name in names {
+            if name.starts_with(&format!("{prefix}net-")) {
+                st.leftovers.insert(name);
+            } else if !kept.contains(&name) {
+                let n = name.clone();
+                if let Err(e) = blocking(move || dataplane::delete_named_netns(&n)).await {
+                    tracing::warn!(netns = %name, error = %e, "network: cannot remove a leftover namespace");
+                }
+            }
+        }
+        self.save(&st);
+    }
+
+    /// Takes the views of a session message: the DNS records change at once, the data plane in
+    /// the background ([`Overlay::run`]).
+    pub fn set_views(&self, views: Vec<NetworkView>) {
+        let (services, tasks) = plan::dns_records(&views);
+        self.table.replace(services, tasks);
+        self.views.send_replace(Arc::new(views));
+        self.sync_wanted.notify_one();
+    }
+
+    /// Keeps the data plane in line with the views, until the agent stops.
+    pub async fn run(self: Arc<Self>) {
+        let mut repair = tokio::time::interval(REPAIR_INTERVAL);
+        repair.tick().await;
+        let mut synced_once = false;
+        loop {
+            let force = tokio::select! {
+                () = self.sync_wanted.notified() => false,
+                _ = repair.tick() => true,
+            };
+            // Nothing is known before the first views arrive: leave everything as it is.
+            if !synced_once && self.views.borrow().is_empty() && !force {
+                continue;
+            }
+            synced_once = true;
+            let views = self.views.borrow().clone();
+            let mut st = self.state.lock().await;
+            if force {
+                for n in st.networks.values_mut() {
+                    n.remotes = None;
+                    n.vip_rules = None;
+                }
+            }
+            self.sync_locked(&mut st, &views).await;
+        }
+    }
+
+    async fn sync_locked(&self, st: &mut State, views: &[NetworkView]) {
+        let wanted: BTreeSet<&str> = views.iter().map(|v| v.id.as_str()).collect();
+        let unwanted: Vec<String> = st
+            .networks
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()) && !st.in_use(id))
+            .cloned()
+            .collect();
+        for id in unwanted {
+            self.remove_network(st, &id).await;
+        }
+        for view in views {
+            if let Err(e) = self.ensure_network(st, view).await {
+                tracing::warn!(network = %view.name, error = %e, "network: cannot set up");
+            }
+        }
+        let claimed: BTreeSet<String> = views
+            .iter()
+            .map(|v| self.network_netns_name(&v.id))
+            .collect();
+        let leftovers: Vec<String> = std::mem::take(&mut st.leftovers)
+            .into_iter()
+            .filter(|n| !claimed.contains(n))
+            .collect();
+        for name in leftovers {
+            let n = name.clone();
+            if let Err(e) = blocking(move || dataplane::delete_named_netns(&n)).await {
+                tracing::warn!(netns = %name, error = %e, "network: cannot remove a leftover namespace");
+            }
+        }
+    }
+
+    async fn remove_network(&self, st: &mut State, id: &str) {
+        let Some(mut n) = st.networks.remove(id) else {
+            return;
+        };
+        if let Some(dns) = n.dns.take() {
+            dns.shutdown().await;
+        }
+        let name = self.network_netns_name(id);
+        let config = n.config.clone();
+        let result = blocking(move || {
+            dataplane::teardown_network(&config)?;
+            dataplane::delete_named_netns(&name)
+        })
+        .await;
+        match result {
+            Ok(()) => tracing::info!(network = %id, "network: removed from this host"),
+            Err(e) => tracing::warn!(network = %id, error = %e, "network: teardown failed"),
+        }
+    }
+
+    /// Sets up (or checks) one network: namespace, devices, DNS server, remote entries, VIPs.
+    async fn ensure_network(&self, st: &mut State, view: &NetworkView) -> Result<(), String> {
+        let config = self.config_of(view)?;
+        if let Some(n) = st.networks.get(&view.id)
+            && (n.config.vni != config.vni || n.config.subnet != config.subnet)
+        {
+            if st.in_use(&view.id) {
+                return Err(format!(
+                    "the lease changed to {} while containers use {}",
+                    config.subnet, n.config.subnet
+                ));
+            }
+            self.remove_network(st, &view.id).await;
+        }
+        if !st.networks.contains_key(&view.id) {
+            let name = self.network_netns_name(&view.id);
+            let c = config.clone();
+            blocking(move || {
+                dataplane::create_named_netns(&name)?;
+                dataplane::ensure_network(&c)
+            })
+            .await?;
+            let dns = self.start_dns(&config).await;
+            tracing::info!(network = %view.name, vni = view.vni, lease = %config.subnet, "network: set up on this host");
+            st.networks.insert(
+                view.id.clone(),
+                LocalNetwork {
+                    config,
+                    dns,
+                    remotes: None,
+                    vip_rules: None,
+                },
+            );
+        }
+        let Some(n) = st.networks.get_mut(&view.id) else {
+            return Ok(());
+        };
+        let remotes = plan::remote_hosts(view, self.settings.underlay_ip);
+        if n.remotes.as_ref() != Some(&remotes) {
+            let (c, r) = (n.config.clone(), remotes.clone());
+            let changes = blocking(move || dataplane::reconcile_remotes(&c, &r)).await?;
+            if !changes.is_empty() {
+                tracing::debug!(network = %view.name, changes = changes.len(), "network: remote hosts updated");
+            }
+            n.remotes = Some(remotes);
+        }
+        let rules = lb::render_ruleset(n.config.subnet, &plan::vip_services(view));
+        if n.vip_rules.as_ref() != Some(&rules) {
+            let (netns, r) = (n.config.netns.clone(), rules.clone());
+            blocking(move || lb::apply_ruleset(&netns, &r)).await?;
+            n.vip_rules = Some(rules);
+        }
+        Ok(())
+    }
+
+    /// The network's DNS server at its gateway address (a failure is logged: the network works
+    /// without names).
+    async fn start_dns(&self, config: &NetworkConfig) -> Option<DnsServer<SourceMap>> {
+        let addr = SocketAddr::new(IpAddr::V4(config.subnet.gateway()), DNS_PORT);
+        let netns = config.netns.clone();
+        let bound = blocking(move || dataplane::bind_in_netns(&netns, addr)).await;
+        let server = bound.and_then(|(udp, tcp)| {
+            DnsServer::from_std(
+                udp,
+                tcp,
+                self.table.clone(),
+                self.sources.clone(),
+                self.settings.dns.clone(),
+            )
+            .map_err(|e| e.to_string())
+        });
+        match server {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "network: cannot start the DNS server");
+                None
+            }
+        }
+    }
+
+    /// Waits until the views hold every network of `ids` (the managers lease this node a subnet
+    /// when the task is assigned here; the lease may come a moment after the assignment).
+    async fn wait_views(&self, ids: &[String]) -> Result<Vec<NetworkView>, String> {
+        let mut rx = self.views.subscribe();
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            {
+                let views = rx.borrow_and_update();
+                let found: Vec<NetworkView> = ids
+                    .iter()
+                    .filter_map(|id| views.iter().find(|v| v.id == *id).cloned())
+                    .collect();
+                if found.len() == ids.len() {
+                    return Ok(found);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    let views = self.views.borrow();
+                    let missing: Vec<&String> = ids
+                        .iter()
+                        .filter(|id| !views.iter().any(|v| v.id == **id))
+                        .collect();
+                    return Err(format!(
+                        "no subnet of network(s) {missing:?} was leased to this node within {LEASE_WAIT:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Gives the task's container a namespace with an interface and an address on each of its
+    /// networks. `None` for a task without networks (it keeps a loopback-only namespace).
+    pub async fn attach(
+        &self,
+        task_id: &str,
+        spec: &ServiceSpec,
+    ) -> Result<Option<Attached>, String> {
+        let ids: Vec<String> = spec.networks.iter().map(|n| n.target.clone()).collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let views = self.wait_views(&ids).await?;
+        let mut st = self.state.lock().await;
+        if st.saved.tasks.contains_key(task_id) {
+            self.detach_locked(&mut st, task_id).await;
+        }
+        for view in &views {
+            self.ensure_network(&mut st, view).await?;
+        }
+        let netns_name = self.task_netns_name(task_id);
+        let n = netns_name.clone();
+        let netns = blocking(move || dataplane::create_named_netns(&n)).await?;
+        let stack = spec.labels.get(plan::STACK_LABEL).cloned();
+        st.saved.tasks.insert(
+            task_id.to_string(),
+            SavedTask {
+                netns: netns_name,
+                stack: stack.clone(),
+                links: Vec::new(),
+            },
+        );
+        let mut addresses = Vec::new();
+        for (i, view) in views.iter().enumerate() {
+            let linked = self.link(&mut st, task_id, &netns, i, view).await;
+            match linked {
+                Ok(address) => addresses.push(TaskAddress {
+                    network_id: view.id.clone(),
+                    address: address.to_string(),
+                }),
+                Err(e) => {
+                    self.detach_locked(&mut st, task_id).await;
+                    return Err(format!("network {}: {e}", view.name));
+                }
+            }
+        }
+        let asker = Asker::new(ids.iter().map(String::as_str), stack.as_deref());
+        for a in &addresses {
+            if let Ok(ip) = a.address.parse() {
+                self.sources.insert(ip, asker.clone());
+            }
+        }
+        self.save(&st);
+        let first = st
+            .networks
+            .get(&ids[0])
+            .map(|n| n.config.subnet.gateway())
+            .ok_or_else(|| "the network went away while attaching".to_string())?;
+        let dir = self.settings.state_dir.join(task_id);
+        let resolv_conf = dir.join("resolv.conf");
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&resolv_conf, plan::resolv_conf(first)))
+            .map_err(|e| format!("write {}: {e}", resolv_conf.display()))?;
+        Ok(Some(Attached {
+            netns,
+            resolv_conf,
+            addresses,
+        }))
+    }
+
+    /// One veth from the container namespace to the network's bridge, with the next free address
+    /// of the lease.
+    async fn link(
+        &self,
+        st: &mut State,
+        task_id: &str,
+        netns: &Path,
+        index: usize,
+        view: &NetworkView,
+    ) -> Result<Ipv4Addr, String> {
+        let config = st
+            .networks
+            .get(&view.id)
+            .map(|n| n.config.clone())
+            .ok_or_else(|| "not set up on this host".to_string())?;
+        let address = plan::next_address(config.subnet, &st.used_addresses(&view.id))
+            .ok_or_else(|| format!("no free address left in {}", config.subnet))?;
+        let host_ifname = format!("c{:08x}", u32::from(address));
+        // Recorded before the link exists, so that a failure half-way is cleaned up too.
+        if let Some(t) = st.saved.tasks.get_mut(task_id) {
+            t.links.push(SavedLink {
+                network_id: view.id.clone(),
+                host_ifname: host_ifname.clone(),
+                address,
+            });
+        }
+        let attachment = Attachment {
+            container_netns: netns.to_path_buf(),
+            host_ifname,
+            container_ifname: format!("eth{index}"),
+            address,
+        };
+        blocking(move || dataplane::attach_container(&config, &attachment)).await?;
+        Ok(address)
+    }
+
+    /// Removes the task's interfaces, namespace and addresses; idempotent.
+    pub async fn detach(&self, task_id: &str) {
+        let mut st = self.state.lock().await;
+        if st.saved.tasks.contains_key(task_id) {
+            self.detach_locked(&mut st, task_id).await;
+            let views = self.views.borrow().clone();
+            // Networks nobody uses any more and no view wants go now.
+            self.sync_locked(&mut st, &views).await;
+        }
+    }
+
+    async fn detach_locked(&self, st: &mut State, task_id: &str) {
+        let Some(task) = st.saved.tasks.remove(task_id) else {
+            return;
+        };
+        for link in &task.links {
+            self.sources.remove(IpAddr::V4(link.address));
+            let netns = Self::netns_path(&self.network_netns_name(&link.network_id));
+            if !netns.exists() {
+                continue;
+            }
+            let ifname = link.host_ifname.clone();
+            let result = blocking(move || dataplane::detach_veth(&netns, &ifname)).await;
+            if let Err(e) = result {
+                tracing::warn!(task = %task_id, error = %e, "network: cannot remove a container link");
+            }
+        }
+        let name = task.netns.clone();
+        if let Err(e) = blocking(move || dataplane::delete_named_netns(&name)).await {
+            tracing::warn!(task = %task_id, error = %e, "network: cannot remove the container namespace");
+        }
+        let _ = std::fs::remove_dir_all(self.settings.state_dir.join(task_id));
+        self.save(st);
+    }
+
+    fn save(&self, st: &State) {
+        let path = self.settings.state_dir.join("attachments.json");
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&st.saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "network: cannot save the attachments");
+        }
+    }
+
+    /// Stops the DNS servers (the namespaces, links and containers stay: a restarted agent takes
+    /// them over).
+    pub async fn shutdown(&self) {
+        let mut st = self.state.lock().await;
+        for n in st.networks.values_mut() {
+            if let Some(dns) = n.dns.take() {
+                dns.shutdown().await;
+            }
+        }
+    }
+}
