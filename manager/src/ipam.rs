@@ -2,22 +2,27 @@
 //! default address pool, a network's subnet (allocated from the pool or given by the user, never
 //! overlapping another network nor the hosts' own addresses), its VNI, and the per-host subnet
 //! leases (a /24 of the network for every node where a task on that network is assigned or
-//! running; released when no such task is left).
+//! running; released when no such task is left), and the services' virtual IPs (from the
+//! network's last /24, which is never leased to a host).
 
-use crate::store::{Change, Kind, Meta, Object, Store, SubnetLease, TaskState};
+use crate::store::{Change, EndpointMode, Kind, Meta, Object, Store, SubnetLease, TaskState, VirtualIp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// The prefix length of a per-host lease: every host gets a /24 of each network it uses.
 pub const LEASE_PREFIX: u8 = 24;
+/// The longest prefix of a network: room for at least one per-host /24 besides the last /24,
+/// which holds the services' virtual IPs.
+pub const MAX_NETWORK_PREFIX: u8 = LEASE_PREFIX - 1;
 /// The first VNI handed out (lower ones are left for other uses, as Docker does).
 pub const FIRST_VNI: u32 = 4096;
 /// The largest VxLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// The default address pool networks are carved from when no `--subnet` is given.
 pub const DEFAULT_POOL: &str = "10.0.0.0/8";
-/// The default prefix length of a network carved from the pool: room for 256 per-host /24s.
+/// The default prefix length of a network carved from the pool: room for 255 per-host /24s
+/// and the virtual-IP /24.
 pub const DEFAULT_MASK_LENGTH: u8 = 16;
 
 /// An IPv4 network: an address whose host bits are zero, and a prefix length.
@@ -94,9 +99,9 @@ impl fmt::Display for Ipv4Net {
 /// Checks a default address pool and the prefix length of the networks carved from it.
 pub fn validate_pool(pool: &str, mask_length: u8) -> Result<Ipv4Net, String> {
     let net = Ipv4Net::parse(pool).map_err(|e| format!("default address pool: {e}"))?;
-    if mask_length < net.prefix || mask_length > LEASE_PREFIX {
+    if mask_length < net.prefix || mask_length > MAX_NETWORK_PREFIX {
         return Err(format!(
-            "default address pool mask length: {mask_length} is invalid: between the pool's /{} and /{LEASE_PREFIX} (a network holds per-host /{LEASE_PREFIX} leases)",
+            "default address pool mask length: {mask_length} is invalid: between the pool's /{} and /{MAX_NETWORK_PREFIX} (a network holds per-host /{LEASE_PREFIX} leases and a /{LEASE_PREFIX} of virtual IPs)",
             net.prefix
         ));
     }
@@ -130,15 +135,13 @@ pub fn allocate_subnet(pool: Ipv4Net, mask_length: u8, taken: &[Ipv4Net], hosts:
     })
 }
 
-/// Validates a user's subnet: a well-formed CIDR, large enough for per-host /24 leases, not
-/// overlapping another network (`taken`: name and subnet) nor holding a host address. Errors
-/// name the field.
+/// Validates a user's subnet: a well-formed CIDR, large enough for per-host /24 leases and the
+/// virtual-IP /24 (at least a /23), not overlapping another network (`taken`: name and subnet)
+/// nor holding a host address. Errors name the field.
 pub fn check_subnet(text: &str, field: &str, taken: &[(String, Ipv4Net)], hosts: &[Ipv4Addr]) -> Result<Ipv4Net, String> {
     let net = Ipv4Net::parse(text.trim()).map_err(|e| format!("{field}: {e}"))?;
-    if net.prefix > LEASE_PREFIX {
-        return Err(format!(
-            "{field}: {net} is too small: a network needs at least a /{LEASE_PREFIX} (each host gets a /{LEASE_PREFIX} of it)"
-        ));
+    if net.prefix > MAX_NETWORK_PREFIX {
+        return Err(too_small(field, net));
     }
     if let Some((name, other)) = taken.iter().find(|(_, other)| other.overlaps(&net)) {
         return Err(format!("{field}: {net} overlaps network {name} ({other})"));
@@ -149,15 +152,42 @@ pub fn check_subnet(text: &str, field: &str, taken: &[(String, Ipv4Net)], hosts:
     Ok(net)
 }
 
+/// The error for a network smaller than a /[`MAX_NETWORK_PREFIX`], naming `field`.
+pub fn too_small(field: &str, net: Ipv4Net) -> String {
+    format!(
+        "{field}: {net} is too small: a network needs at least a /{MAX_NETWORK_PREFIX} (each host gets a /{LEASE_PREFIX} of it, and its last /{LEASE_PREFIX} holds the services' virtual IPs)"
+    )
+}
+
 /// The lowest VNI from [`FIRST_VNI`] that no network uses; `None` when all are taken.
 pub fn allocate_vni(used: impl IntoIterator<Item = u32>) -> Option<u32> {
     let used: BTreeSet<u32> = used.into_iter().collect();
     (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v))
 }
 
-/// The first per-host /24 of `network` that no `taken` lease holds.
+/// The first per-host /24 of `network` that no `taken` lease holds, never its last /24 (the
+/// virtual IPs' range).
 pub fn next_lease(network: Ipv4Net, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
-    network.subnets(LEASE_PREFIX).find(|c| !taken.iter().any(|t| t.overlaps(c)))
+    let vips = vip_range(network);
+    network.subnets(LEASE_PREFIX).filter(|c| Some(*c) != vips).find(|c| !taken.iter().any(|t| t.overlaps(c)))
+}
+
+/// The last /24 of `network`, where its services' virtual IPs come from; `None` for a network
+/// smaller than a /24.
+pub fn vip_range(network: Ipv4Net) -> Option<Ipv4Net> {
+    (network.prefix <= LEASE_PREFIX)
+        .then(|| Ipv4Net { addr: network.last() & mask(LEASE_PREFIX), prefix: LEASE_PREFIX })
+}
+
+/// The first address of `network`'s virtual-IP range (without its .0 and .255) not in `taken`.
+pub fn next_vip(network: Ipv4Net, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let range = vip_range(network)?;
+    (range.addr + 1..range.last()).map(Ipv4Addr::from).find(|a| !taken.contains(a))
+}
+
+/// The id of the virtual IP of `service_id` on `network_id`: one per pair, by construction.
+pub fn vip_id(service_id: &str, network_id: &str) -> String {
+    format!("{service_id}.{network_id}")
 }
 
 /// The id of the lease of `network_id` on `node_id`: one lease per pair, by construction.
@@ -221,6 +251,79 @@ pub fn plan_leases(store: &Store) -> Vec<Change> {
             network_id: network_id.clone(),
             node_id: node_id.clone(),
             subnet: lease.to_string(),
+        })));
+    }
+    changes
+}
+
+/// The (service id, network id) pairs that need a virtual IP: a service in endpoint mode vip
+/// attached to a network that exists, keyed by [`vip_id`].
+pub fn needed_vips(store: &Store) -> BTreeMap<String, (&str, &str)> {
+    store
+        .services
+        .values()
+        .filter(|s| s.spec.endpoint.mode == EndpointMode::Vip)
+        .flat_map(|s| {
+            s.spec
+                .networks
+                .iter()
+                .filter(|a| store.networks.contains_key(&a.network_id))
+                .map(move |a| (vip_id(&s.meta.id, &a.network_id), (s.meta.id.as_str(), a.network_id.as_str())))
+        })
+        .collect()
+}
+
+/// The virtual IP changes that bring the store in line with [`needed_vips`]: a new one (the
+/// first free address of the network's range) for every pair without one, and the deletion of
+/// every one no longer needed (service removed or switched to dnsrr, network detached). An
+/// address released here is not handed out again in the same plan. A network whose range is
+/// full gets no more virtual IPs.
+pub fn plan_vips(store: &Store) -> Vec<Change> {
+    let needed = needed_vips(store);
+    let mut changes = Vec::new();
+    let mut taken: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut held: BTreeSet<&str> = BTreeSet::new();
+    for vip in store.virtual_ips.values() {
+        let address = vip.address.parse::<Ipv4Addr>().ok();
+        if let Some(address) = address {
+            taken.entry(vip.network_id.as_str()).or_default().insert(address);
+        }
+        let in_range = address.is_some_and(|a| {
+            store
+                .networks
+                .get(&vip.network_id)
+                .and_then(|n| Ipv4Net::parse(&n.subnet).ok())
+                .and_then(vip_range)
+                .is_some_and(|range| range.contains(a))
+        });
+        let wanted = needed.get(&vip.meta.id) == Some(&(vip.service_id.as_str(), vip.network_id.as_str()));
+        if wanted && in_range {
+            held.insert(&vip.meta.id);
+        } else {
+            changes.push(Change::Delete {
+                kind: Kind::VirtualIp,
+                id: vip.meta.id.clone(),
+                expected_version: Some(vip.meta.version),
+            });
+        }
+    }
+    for (id, (service_id, network_id)) in &needed {
+        if held.contains(id.as_str()) {
+            continue;
+        }
+        let Some(network) = store.networks.get(*network_id) else { continue };
+        let Ok(subnet) = Ipv4Net::parse(&network.subnet) else { continue };
+        let in_use = taken.entry(network_id).or_default();
+        let Some(address) = next_vip(subnet, in_use) else {
+            tracing::warn!(network = %network.name, service = %service_id, "no free virtual IP left in {subnet}");
+            continue;
+        };
+        in_use.insert(address);
+        changes.push(Change::Create(Object::VirtualIp(VirtualIp {
+            meta: Meta { id: id.clone(), ..Meta::default() },
+            service_id: service_id.to_string(),
+            network_id: network_id.to_string(),
+            address: address.to_string(),
         })));
     }
     changes

@@ -10,6 +10,7 @@
 
 mod assignments;
 mod liveness;
+pub mod networks;
 mod status;
 
 pub use liveness::DispatcherTiming;
@@ -26,6 +27,7 @@ use crate::store::{Change, Event, Node, NodeResources, NodeState, Object, Op, St
 use assignments::{Tracker, Update};
 use identity::{Role, require_role};
 use liveness::Sessions;
+use networks::ViewTracker;
 use proto::v1 as pb;
 use proto::v1::dispatcher_server::Dispatcher;
 use status::StatusWriter;
@@ -126,7 +128,8 @@ struct SessionContext {
 }
 
 impl SessionContext {
-    fn message(&self, store: &Store, update: Update) -> pb::SessionMessage {
+    /// An assignment message; `networks`, when present, replaces the agent's network views.
+    fn message(&self, store: &Store, update: Update, networks: Option<pb::NetworkViews>) -> pb::SessionMessage {
         let assignments = update
             .assignments
             .iter()
@@ -144,6 +147,7 @@ impl SessionContext {
             assignments,
             removed: update.removed,
             heartbeat_period_ms: self.heartbeat_period_ms,
+            networks,
             ..Default::default()
         }
     }
@@ -165,7 +169,9 @@ type Outgoing = mpsc::Sender<Result<pb::SessionMessage, Status>>;
 
 /// Feeds one session's stream: the full set, then a delta per burst of store changes, until the
 /// agent goes away, a newer session replaces this one, the node is removed or leadership ends.
-/// Log subscription changes for the node go out as they come.
+/// The first message carries the node's network views; later ones only when they changed (a
+/// delta is sent for them alone if need be). Log subscription changes for the node go out as
+/// they come.
 async fn run_session(
     context: SessionContext,
     replaced: Arc<Notify>,
@@ -174,9 +180,11 @@ async fn run_session(
     outgoing: Outgoing,
 ) {
     let mut tracker = Tracker::new(&context.node_id);
+    let mut views = ViewTracker::new(&context.node_id);
     let first = {
         let store = context.consensus.state.read();
-        context.message(&store, tracker.full(&store))
+        let networks = views.full(&store);
+        context.message(&store, tracker.full(&store), Some(networks))
     };
     if outgoing.send(Ok(first)).await.is_err() {
         return;
@@ -222,7 +230,8 @@ async fn run_session(
                 None
             } else {
                 let update = if reset { tracker.full(&store) } else { tracker.delta(&batch) };
-                Some((!update.is_empty()).then(|| context.message(&store, update)))
+                let networks = views.refresh(&store, &batch, reset);
+                Some((!update.is_empty() || networks.is_some()).then(|| context.message(&store, update, networks)))
             }
         };
         match message {

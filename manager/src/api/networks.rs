@@ -75,16 +75,13 @@ pub fn network_from_spec(spec: &pb::NetworkSpec) -> Result<Network, Status> {
     if !spec.subnet.is_empty() {
         // Checked again against the other networks when the store applies the create.
         crate::ipam::Ipv4Net::parse(spec.subnet.trim()).map_err(|e| invalid("spec.subnet", e))?;
-        if crate::ipam::Ipv4Net::parse(spec.subnet.trim()).is_ok_and(|n| n.prefix() > crate::ipam::LEASE_PREFIX) {
-            return Err(invalid(
-                "spec.subnet",
-                format!(
-                    "{} is too small: a network needs at least a /{} (each host gets a /{} of it)",
-                    spec.subnet.trim(),
-                    crate::ipam::LEASE_PREFIX,
-                    crate::ipam::LEASE_PREFIX
-                ),
-            ));
+        if let Ok(net) = crate::ipam::Ipv4Net::parse(spec.subnet.trim())
+            && net.prefix() > crate::ipam::MAX_NETWORK_PREFIX
+        {
+            return Err(Status::invalid_argument(format!(
+                "invalid network spec: {}",
+                crate::ipam::too_small("spec.subnet", net)
+            )));
         }
     }
     Ok(Network {

@@ -56,6 +56,7 @@ pub fn service_to_proto(store: &Store, service: &Service) -> pb::Service {
         completed,
         job_iteration: service.job_iteration,
         warnings: Vec::new(),
+        virtual_ips: super::convert::virtual_ips_to_proto(store, service),
     }
 }
 
@@ -78,6 +79,7 @@ pub fn task_to_proto(store: &Store, task: &Task) -> pb::Task {
         created_at_ms: task.meta.created_at_ms,
         updated_at_ms: task.meta.updated_at_ms,
         job_iteration: task.job_iteration,
+        addresses: super::convert::addresses_to_proto(&task.status.addresses),
     }
 }
 

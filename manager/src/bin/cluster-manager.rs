@@ -24,8 +24,8 @@ enum Command {
         /// The address pool overlay networks without --subnet are carved from (IPv4 CIDR).
         #[arg(long, default_value = manager::ipam::DEFAULT_POOL)]
         default_addr_pool: String,
-        /// The prefix length of each network carved from the pool (at most 24: every host gets
-        /// a /24 of each network it uses).
+        /// The prefix length of each network carved from the pool (at most 23: every host gets
+        /// a /24 of each network it uses, and its last /24 holds the services' virtual IPs).
         #[arg(long, default_value_t = manager::ipam::DEFAULT_MASK_LENGTH)]
         default_addr_pool_mask_length: u8,
         #[command(flatten)]

@@ -1,7 +1,8 @@
 //! One round of the leader's control loops, pure: the orchestrators' batch, then placement of
 //! the PENDING tasks, both the ones already stored and the ones this batch creates, so a new
 //! task is created already ASSIGNED and the scheduler is never starved by a busy orchestrator.
-//! Last, the per-host subnet leases of overlay networks ([`crate::ipam::plan_leases`]).
+//! Last, the per-host subnet leases of overlay networks ([`crate::ipam::plan_leases`]) and the
+//! services' virtual IPs ([`crate::ipam::plan_vips`]).
 
 use crate::orchestrator::{IdSource, reconcile_all};
 use crate::scheduler::{Decision, Outcome, decisions_to_changes, schedule, unassigned_tasks};
@@ -35,6 +36,7 @@ pub fn plan_round(store: &Store, now_ms: i64, ids: &mut dyn IdSource) -> Vec<Cha
     // Per-host subnet leases follow the stored tasks (tasks this round places get theirs next
     // round, once their assignment is committed).
     changes.extend(crate::ipam::plan_leases(store));
+    changes.extend(crate::ipam::plan_vips(store));
     changes
 }
 
@@ -130,6 +132,8 @@ mod tests {
         nodes.dedup();
         assert_eq!(nodes, [a, b], "one lease per node with a task");
         assert_ne!(leased[0].1, leased[1].1, "distinct per-host subnets");
+        let vips: Vec<&str> = sim.store.virtual_ips.values().map(|v| v.address.as_str()).collect();
+        assert_eq!(vips, ["10.9.255.1"], "the service's virtual IP");
         sim.remove_service(&service);
         let mut rounds = 0;
         while round(&mut sim) > 0 {
@@ -137,6 +141,7 @@ mod tests {
             assert!(rounds < 5, "no convergence");
         }
         assert!(sim.store.subnet_leases.is_empty(), "released: {:?}", sim.store.subnet_leases);
+        assert!(sim.store.virtual_ips.is_empty(), "released: {:?}", sim.store.virtual_ips);
     }
 
     #[test]

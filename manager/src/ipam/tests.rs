@@ -54,6 +54,9 @@ fn user_subnets_are_checked_naming_the_field() {
     assert!(overlap.starts_with("spec.subnet: ") && overlap.contains("overlaps network blue"), "{overlap}");
     let small = check_subnet("10.2.0.0/25", "spec.subnet", &taken, &hosts).unwrap_err();
     assert!(small.contains("too small"), "{small}");
+    let one = check_subnet("10.2.0.0/24", "spec.subnet", &taken, &hosts).unwrap_err();
+    assert!(one.starts_with("spec.subnet: ") && one.contains("at least a /23") && one.contains("virtual IPs"), "{one}");
+    assert_eq!(check_subnet("10.2.0.0/23", "spec.subnet", &taken, &hosts).unwrap(), net("10.2.0.0/23"));
     let host = check_subnet("192.168.0.0/16", "spec.subnet", &taken, &hosts).unwrap_err();
     assert!(host.contains("192.168.1.10"), "{host}");
     let bad = check_subnet("banana", "spec.subnet", &taken, &hosts).unwrap_err();
@@ -65,7 +68,9 @@ fn pools_are_validated() {
     assert!(validate_pool(DEFAULT_POOL, DEFAULT_MASK_LENGTH).is_ok());
     assert!(validate_pool("10.0.0.0/16", 8).unwrap_err().contains("mask length"));
     assert!(validate_pool("10.0.0.0/16", 25).unwrap_err().contains("mask length"));
-    assert!(validate_pool("10.0.0.1/16", 24).unwrap_err().contains("host bits"));
+    assert!(validate_pool("10.0.0.0/16", 24).unwrap_err().contains("/23"), "a /24 leaves no room for virtual IPs");
+    assert!(validate_pool("10.0.0.0/16", 23).is_ok());
+    assert!(validate_pool("10.0.0.1/16", 23).unwrap_err().contains("host bits"));
 }
 
 #[test]
@@ -94,13 +99,13 @@ fn property_allocations_never_overlap() {
         let pool_prefix: u8 = rng.random_range(8..=20);
         let pool_base = rng.random::<u32>() & (u32::MAX << (32 - u32::from(pool_prefix)));
         let pool = Ipv4Net::new(Ipv4Addr::from(pool_base), pool_prefix).unwrap();
-        let mask: u8 = rng.random_range(pool_prefix..=24);
+        let mask: u8 = rng.random_range(pool_prefix..=MAX_NETWORK_PREFIX);
         let hosts: Vec<Ipv4Addr> = (0..rng.random_range(0..4))
             .map(|_| Ipv4Addr::from(pool_base | (rng.random::<u32>() & !(u32::MAX << (32 - u32::from(pool_prefix))))))
             .collect();
         let mut taken: Vec<Ipv4Net> = Vec::new();
         for _ in 0..rng.random_range(0..5) {
-            let prefix: u8 = rng.random_range(pool_prefix..=24);
+            let prefix: u8 = rng.random_range(pool_prefix..=MAX_NETWORK_PREFIX);
             let base = (pool_base | (rng.random::<u32>() & !(u32::MAX << (32 - u32::from(pool_prefix)))))
                 & (u32::MAX << (32 - u32::from(prefix)));
             let user = Ipv4Net::new(Ipv4Addr::from(base), prefix).unwrap();
@@ -134,25 +139,27 @@ fn property_allocations_never_overlap() {
     }
 }
 
-/// Property: per-host leases of one network are distinct /24s inside it until it is full.
+/// Property: per-host leases of one network are distinct /24s inside it until it is full, and
+/// never its last /24 (the virtual IPs').
 #[test]
 fn property_leases_are_distinct() {
     let mut rng = StdRng::seed_from_u64(11);
     for _ in 0..100 {
-        let prefix: u8 = rng.random_range(18..=24);
+        let prefix: u8 = rng.random_range(18..=MAX_NETWORK_PREFIX);
         let network = Ipv4Net::new(Ipv4Addr::new(10, 7, 0, 0), prefix).unwrap();
         let mut taken = Vec::new();
         while let Some(lease) = next_lease(network, &taken) {
             assert_eq!(lease.prefix(), LEASE_PREFIX);
             assert!(network.contains(lease.network()));
             assert!(taken.iter().all(|t: &Ipv4Net| !t.overlaps(&lease)));
+            assert_ne!(Some(lease), vip_range(network));
             taken.push(lease);
             if rng.random_bool(0.2) && !taken.is_empty() {
                 let i = rng.random_range(0..taken.len());
                 taken.remove(i);
             }
         }
-        assert!(taken.len() as u64 >= 1 << (LEASE_PREFIX - prefix));
+        assert!(taken.len() as u64 >= (1 << (LEASE_PREFIX - prefix)) - 1);
     }
 }
 
@@ -223,7 +230,7 @@ fn store_allocates_subnets_and_vnis_and_refuses_without_writing() {
     assert_eq!((blue.vni, red.vni, green.vni), (4096, 4097, 4098));
     assert_eq!(blue.driver, "overlay");
     let before = store.clone();
-    let overlap = apply(&mut store, 5, Op::CreateNetwork(network("n4", "pink", "172.20.5.0/24")));
+    let overlap = apply(&mut store, 5, Op::CreateNetwork(network("n4", "pink", "172.20.4.0/23")));
     let Response::Rejected(StoreError::Invalid(message)) = overlap else { panic!("{overlap:?}") };
     assert!(message.contains("spec.subnet") && message.contains("green"), "{message}");
     let name = apply(&mut store, 5, Op::CreateNetwork(network("n4", "blue", "")));
@@ -336,7 +343,7 @@ fn leases_follow_assigned_and_running_tasks() {
 fn a_full_network_gets_no_more_leases() {
     let mut store = bootstrapped();
     apply_changes(&mut store, 2, vec![Change::Create(Object::Node(node("w1", "10.0.0.2")))]);
-    apply(&mut store, 3, Op::CreateNetwork(network("n1", "tiny", "10.60.0.0/24")));
+    assert_eq!(apply(&mut store, 3, Op::CreateNetwork(network("n1", "tiny", "10.60.0.0/23"))), Response::Ok);
     let service = service_on("s1", &["n1"]);
     apply_changes(&mut store, 4, vec![Change::Create(Object::Service(service.clone()))]);
     apply_changes(
@@ -348,5 +355,139 @@ fn a_full_network_gets_no_more_leases() {
         ],
     );
     let plan = plan_leases(&store);
-    assert_eq!(plan.len(), 1, "one /24 only: {plan:?}");
+    assert_eq!(plan.len(), 1, "one /24 only, the other holds the virtual IPs: {plan:?}");
+}
+
+#[test]
+fn the_last_slash_24_is_for_virtual_ips() {
+    assert_eq!(vip_range(net("10.20.0.0/16")), Some(net("10.20.255.0/24")));
+    assert_eq!(vip_range(net("10.20.2.0/23")), Some(net("10.20.3.0/24")));
+    assert_eq!(vip_range(net("10.20.2.0/25")), None);
+    let network = net("10.20.2.0/23");
+    assert_eq!(next_lease(network, &[]), Some(net("10.20.2.0/24")));
+    assert_eq!(next_lease(network, &[net("10.20.2.0/24")]), None, "the last /24 is never leased");
+    let mut taken = BTreeSet::new();
+    assert_eq!(next_vip(network, &taken), Some("10.20.3.1".parse().unwrap()), "not the .0");
+    taken.insert("10.20.3.1".parse().unwrap());
+    assert_eq!(next_vip(network, &taken), Some("10.20.3.2".parse().unwrap()));
+    let full: BTreeSet<Ipv4Addr> = (1..=254).map(|i| Ipv4Addr::new(10, 20, 3, i)).collect();
+    assert_eq!(next_vip(network, &full), None, "not the .255");
+}
+
+fn vips(store: &Store) -> BTreeMap<String, String> {
+    store.virtual_ips.values().map(|v| (v.meta.id.clone(), v.address.clone())).collect()
+}
+
+#[test]
+fn vip_services_get_one_virtual_ip_per_network() {
+    let mut store = bootstrapped();
+    apply(&mut store, 2, Op::CreateNetwork(network("n1", "blue", "10.50.0.0/22")));
+    apply(&mut store, 3, Op::CreateNetwork(network("n2", "red", "10.60.0.0/16")));
+    let mut dnsrr = service_on("s3", &["n1"]);
+    dnsrr.spec.endpoint.mode = crate::store::EndpointMode::Dnsrr;
+    apply_changes(
+        &mut store,
+        4,
+        vec![
+            Change::Create(Object::Service(service_on("s1", &["n1", "n2"]))),
+            Change::Create(Object::Service(service_on("s2", &["n1"]))),
+            Change::Create(Object::Service(dnsrr)),
+        ],
+    );
+    let plan = plan_vips(&store);
+    assert_eq!(plan.len(), 3, "{plan:?}");
+    apply_changes(&mut store, 5, plan);
+    assert!(plan_vips(&store).is_empty(), "converged");
+    assert_eq!(
+        vips(&store),
+        BTreeMap::from([
+            (vip_id("s1", "n1"), "10.50.3.1".to_string()),
+            (vip_id("s1", "n2"), "10.60.255.1".to_string()),
+            (vip_id("s2", "n1"), "10.50.3.2".to_string()),
+        ]),
+        "dnsrr gets none"
+    );
+    assert_eq!(store.virtual_ips[&vip_id("s1", "n2")].service_id, "s1");
+    assert_eq!(store.virtual_ips[&vip_id("s1", "n2")].network_id, "n2");
+}
+
+#[test]
+fn virtual_ips_are_released_and_never_handed_out_twice() {
+    let mut store = bootstrapped();
+    apply(&mut store, 2, Op::CreateNetwork(network("n1", "blue", "10.50.0.0/22")));
+    apply(&mut store, 3, Op::CreateNetwork(network("n2", "red", "10.60.0.0/16")));
+    let services = ["s1", "s2", "s3", "s4"].map(|id| service_on(id, &["n1", "n2"]));
+    apply_changes(&mut store, 4, services.iter().cloned().map(|s| Change::Create(Object::Service(s))).collect());
+    let plan = plan_vips(&store);
+    apply_changes(&mut store, 5, plan);
+    assert_eq!(store.virtual_ips.len(), 8);
+
+    // s1 is removed, s2 detaches n2, s3 switches to dnsrr, and s5 arrives at the same time.
+    let mut s2 = store.services["s2"].clone();
+    s2.spec.networks.truncate(1);
+    let mut s3 = store.services["s3"].clone();
+    s3.spec.endpoint.mode = crate::store::EndpointMode::Dnsrr;
+    apply_changes(
+        &mut store,
+        6,
+        vec![
+            Change::Delete { kind: Kind::Service, id: "s1".into(), expected_version: None },
+            Change::Update { object: Object::Service(s2), expected_version: None },
+            Change::Update { object: Object::Service(s3), expected_version: None },
+            Change::Create(Object::Service(service_on("s5", &["n1"]))),
+        ],
+    );
+    let plan = plan_vips(&store);
+    let deleted: BTreeSet<&str> = plan
+        .iter()
+        .filter_map(|c| match c {
+            Change::Delete { kind: Kind::VirtualIp, id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let expected: BTreeSet<String> =
+        [vip_id("s1", "n1"), vip_id("s1", "n2"), vip_id("s2", "n2"), vip_id("s3", "n1"), vip_id("s3", "n2")].into();
+    assert_eq!(deleted, expected.iter().map(String::as_str).collect());
+    apply_changes(&mut store, 7, plan);
+    assert_eq!(
+        store.virtual_ips[&vip_id("s5", "n1")].address,
+        "10.50.3.5",
+        "the addresses released in the same plan are not reused at once"
+    );
+    assert!(plan_vips(&store).is_empty(), "converged");
+
+    // Later, a released address is free again (the lowest first).
+    apply_changes(&mut store, 8, vec![Change::Create(Object::Service(service_on("s6", &["n1"])))]);
+    let plan = plan_vips(&store);
+    apply_changes(&mut store, 9, plan);
+    assert_eq!(store.virtual_ips[&vip_id("s6", "n1")].address, "10.50.3.1");
+    let addresses: BTreeSet<String> =
+        store.virtual_ips.values().filter(|v| v.network_id == "n1").map(|v| v.address.clone()).collect();
+    assert_eq!(addresses.len(), store.virtual_ips.values().filter(|v| v.network_id == "n1").count(), "distinct");
+}
+
+#[test]
+fn a_full_vip_range_gives_no_more_and_removing_the_network_drops_them() {
+    let mut store = bootstrapped();
+    apply(&mut store, 2, Op::CreateNetwork(network("n1", "blue", "10.50.0.0/23")));
+    let services: Vec<Change> =
+        (0..256).map(|i| Change::Create(Object::Service(service_on(&format!("s{i:03}"), &["n1"])))).collect();
+    apply_changes(&mut store, 3, services);
+    let plan = plan_vips(&store);
+    assert_eq!(plan.len(), 254, "10.50.1.1 to 10.50.1.254 only");
+    apply_changes(&mut store, 4, plan);
+    assert!(plan_vips(&store).is_empty(), "the rest wait without failing");
+    assert!(store.virtual_ips.values().all(|v| v.address.starts_with("10.50.1.")));
+
+    // The services go; removing the network drops any virtual IP still left on it.
+    let gone: Vec<Change> = store
+        .services
+        .keys()
+        .map(|id| Change::Delete { kind: Kind::Service, id: id.clone(), expected_version: None })
+        .collect();
+    apply_changes(&mut store, 5, gone);
+    let (response, events) = store.apply(6, &Command { now_ms: 6, op: Op::RemoveNetwork { id: "n1".into() } });
+    assert_eq!(response, Response::Ok);
+    assert!(store.virtual_ips.is_empty());
+    assert_eq!(events.iter().filter(|e| matches!(e, crate::store::Event::Deleted(Object::VirtualIp(_)))).count(), 254);
 }

@@ -43,7 +43,7 @@ pub enum Op {
     /// one from the cluster's address pool) and allocates the VNI, so that concurrent creates
     /// never collide. Nothing is written when it is refused.
     CreateNetwork(Box<Network>),
-    /// Removes a network and its leases; refused while a service uses it.
+    /// Removes a network, its leases and virtual IPs; refused while a service uses it.
     RemoveNetwork { id: String },
 }
 
@@ -118,6 +118,8 @@ pub struct Store {
     pub secrets: BTreeMap<String, Blob>,
     pub configs: BTreeMap<String, Blob>,
     pub subnet_leases: BTreeMap<String, SubnetLease>,
+    /// Service virtual IPs, keyed `<service id>.<network id>`.
+    pub virtual_ips: BTreeMap<String, VirtualIp>,
 }
 
 impl Store {
@@ -274,6 +276,13 @@ impl Store {
                 events.push(Event::Deleted(Object::SubnetLease(lease)));
             }
         }
+        let vips: Vec<String> =
+            self.virtual_ips.values().filter(|v| v.network_id == id).map(|v| v.meta.id.clone()).collect();
+        for vip in vips {
+            if let Some(vip) = self.virtual_ips.remove(&vip) {
+                events.push(Event::Deleted(Object::VirtualIp(vip)));
+            }
+        }
         if let Some(network) = self.networks.remove(id) {
             events.push(Event::Deleted(Object::Network(network)));
         }
@@ -406,6 +415,7 @@ impl Store {
             Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
             Kind::Config => self.configs.get(id).cloned().map(Object::Config),
             Kind::SubnetLease => self.subnet_leases.get(id).cloned().map(Object::SubnetLease),
+            Kind::VirtualIp => self.virtual_ips.get(id).cloned().map(Object::VirtualIp),
         }
     }
 
@@ -420,6 +430,7 @@ impl Store {
             Object::Secret(o) => self.secrets.insert(id, o).map(Object::Secret),
             Object::Config(o) => self.configs.insert(id, o).map(Object::Config),
             Object::SubnetLease(o) => self.subnet_leases.insert(id, o).map(Object::SubnetLease),
+            Object::VirtualIp(o) => self.virtual_ips.insert(id, o).map(Object::VirtualIp),
         }
     }
 
@@ -432,6 +443,7 @@ impl Store {
             Kind::Secret => self.secrets.remove(id).map(Object::Secret),
             Kind::Config => self.configs.remove(id).map(Object::Config),
             Kind::SubnetLease => self.subnet_leases.remove(id).map(Object::SubnetLease),
+            Kind::VirtualIp => self.virtual_ips.remove(id).map(Object::VirtualIp),
         }
     }
 
@@ -446,7 +458,7 @@ impl Store {
             Object::Network(o) => taken(&o.name, Box::new(self.networks.iter().map(|(k, v)| (k, &v.name)))),
             Object::Secret(o) => taken(&o.name, Box::new(self.secrets.iter().map(|(k, v)| (k, &v.name)))),
             Object::Config(o) => taken(&o.name, Box::new(self.configs.iter().map(|(k, v)| (k, &v.name)))),
-            Object::Node(_) | Object::Task(_) | Object::SubnetLease(_) => None,
+            Object::Node(_) | Object::Task(_) | Object::SubnetLease(_) | Object::VirtualIp(_) => None,
         }
     }
 

@@ -180,6 +180,17 @@ pub struct SubnetLease {
     pub subnet: String,
 }
 
+/// A service's virtual IP on one of its networks (endpoint mode vip), taken from the network's
+/// last /24, which is never leased to a host. Its id is `<service id>.<network id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualIp {
+    pub meta: Meta,
+    pub service_id: String,
+    pub network_id: String,
+    /// An IPv4 address, without prefix length.
+    pub address: String,
+}
+
 /// Any object of the store, for generic writes and the watch stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
@@ -190,6 +201,8 @@ pub enum Object {
     Secret(Blob),
     Config(Blob),
     SubnetLease(SubnetLease),
+    // New variants go last: postcard encodes the variant index.
+    VirtualIp(VirtualIp),
 }
 
 /// The kinds of objects, naming the store's tables.
@@ -202,6 +215,8 @@ pub enum Kind {
     Secret,
     Config,
     SubnetLease,
+    // New variants go last: postcard encodes the variant index.
+    VirtualIp,
 }
 
 impl Kind {
@@ -214,6 +229,7 @@ impl Kind {
             Kind::Secret => "secret",
             Kind::Config => "config",
             Kind::SubnetLease => "subnet lease",
+            Kind::VirtualIp => "virtual ip",
         }
     }
 }
@@ -228,6 +244,7 @@ impl Object {
             Object::Secret(_) => Kind::Secret,
             Object::Config(_) => Kind::Config,
             Object::SubnetLease(_) => Kind::SubnetLease,
+            Object::VirtualIp(_) => Kind::VirtualIp,
         }
     }
 
@@ -239,6 +256,7 @@ impl Object {
             Object::Network(o) => &o.meta,
             Object::Secret(o) | Object::Config(o) => &o.meta,
             Object::SubnetLease(o) => &o.meta,
+            Object::VirtualIp(o) => &o.meta,
         }
     }
 
@@ -250,6 +268,7 @@ impl Object {
             Object::Network(o) => &mut o.meta,
             Object::Secret(o) | Object::Config(o) => &mut o.meta,
             Object::SubnetLease(o) => &mut o.meta,
+            Object::VirtualIp(o) => &mut o.meta,
         }
     }
 }

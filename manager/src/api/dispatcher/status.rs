@@ -2,10 +2,11 @@
 //! queued while the previous write ran goes into one Raft write), and only forward moves of
 //! the observed state are kept.
 
+use crate::api::convert::addresses_from_proto;
 use crate::consensus::{Consensus, now_ms};
 use crate::store::{Change, Command, Object, Op, Response, Store, StoreError, TaskState};
 use proto::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -25,10 +26,13 @@ pub struct Report {
     pub err: String,
     pub exit_code: Option<i32>,
     pub container_id: String,
+    /// Network id -> IPv4 address; empty: unchanged.
+    pub addresses: BTreeMap<String, String>,
 }
 
 /// Parses and checks the reports of `node_id`'s agent: every task must be assigned to that
-/// node (tasks no longer in the store are skipped: they were removed meanwhile).
+/// node (tasks no longer in the store are skipped: they were removed meanwhile), and every
+/// address must be IPv4 and on a network of the task's spec.
 pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> Result<Vec<Report>, Status> {
     let mut reports = Vec::with_capacity(updates.len());
     for (i, update) in updates.into_iter().enumerate() {
@@ -42,6 +46,9 @@ pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> R
                 update.task_id
             )));
         }
+        let field = format!("updates[{i}].addresses");
+        let addresses =
+            addresses_from_proto(&update.addresses, &task.spec.networks, &field).map_err(Status::invalid_argument)?;
         reports.push(Report {
             node_id: node_id.to_string(),
             task_id: update.task_id,
@@ -50,6 +57,7 @@ pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> R
             err: update.error,
             exit_code: update.exit_code,
             container_id: update.container_id,
+            addresses,
         });
     }
     Ok(reports)
@@ -57,14 +65,18 @@ pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> R
 
 /// The store writes for `reports`: per task the furthest state reported (the latest report on
 /// ties), dropped if it would move the observed state back, changes nothing, or the task left
-/// the node meanwhile. Each update carries the version it was computed on.
+/// the node meanwhile. The addresses are those of the latest report, not older than the stored
+/// state, that carries any (none: the known ones stay). Each update carries the version it was
+/// computed on.
 pub fn status_changes(store: &Store, reports: &[Report], now_ms: i64) -> Vec<Change> {
     let mut latest: HashMap<&str, &Report> = HashMap::new();
+    let mut by_task: HashMap<&str, Vec<&Report>> = HashMap::new();
     for report in reports {
         let keep = latest.get(report.task_id.as_str()).is_some_and(|r| r.state > report.state);
         if !keep {
             latest.insert(&report.task_id, report);
         }
+        by_task.entry(&report.task_id).or_default().push(report);
     }
     let mut changes = Vec::new();
     for (task_id, report) in latest {
@@ -72,6 +84,13 @@ pub fn status_changes(store: &Store, reports: &[Report], now_ms: i64) -> Vec<Cha
         if task.node_id.as_deref() != Some(report.node_id.as_str()) || report.state < task.status.state {
             continue;
         }
+        let addresses = by_task
+            .get(task_id)
+            .into_iter()
+            .flatten()
+            .rev()
+            .find(|r| r.node_id == report.node_id && r.state >= task.status.state && !r.addresses.is_empty())
+            .map(|r| &r.addresses);
         let mut status = task.status.clone();
         status.state = report.state;
         status.message = report.message.clone();
@@ -79,6 +98,9 @@ pub fn status_changes(store: &Store, reports: &[Report], now_ms: i64) -> Vec<Cha
         status.exit_code = report.exit_code.or(status.exit_code);
         if !report.container_id.is_empty() {
             status.container_id = report.container_id.clone();
+        }
+        if let Some(addresses) = addresses {
+            status.addresses = addresses.clone();
         }
         if status == task.status {
             continue;
@@ -154,7 +176,7 @@ async fn write_reports(consensus: &Consensus, reports: &[Report]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Meta, RestartInfo, ServiceSpec, Task, TaskStatus};
+    use crate::store::{Meta, NetworkAttachment, RestartInfo, ServiceSpec, Task, TaskStatus};
 
     fn store() -> Store {
         let mut store = Store::default();
@@ -165,7 +187,10 @@ mod tests {
             node_id: Some("a".into()),
             desired_state: TaskState::Running,
             status: TaskStatus { state: TaskState::Starting, ..TaskStatus::default() },
-            spec: ServiceSpec::default(),
+            spec: ServiceSpec {
+                networks: vec![NetworkAttachment { network_id: "n1".into(), aliases: Vec::new() }],
+                ..ServiceSpec::default()
+            },
             job_iteration: 0,
             restart: RestartInfo::default(),
         };
@@ -200,5 +225,60 @@ mod tests {
         assert!(status_changes(&store, &back, 5).is_empty());
         let same = validate(&store, "a", vec![report("starting")]).unwrap();
         assert!(status_changes(&store, &same, 5).is_empty(), "nothing new");
+    }
+
+    fn with_addresses(state: &str, addresses: &[(&str, &str)]) -> pb::TaskStatus {
+        let addresses = addresses
+            .iter()
+            .map(|(n, a)| pb::TaskAddress { network_id: n.to_string(), address: a.to_string() })
+            .collect();
+        pb::TaskStatus { addresses, ..report(state) }
+    }
+
+    fn updated(changes: &[Change]) -> &Task {
+        let [Change::Update { object: Object::Task(task), .. }] = changes else { panic!("{changes:?}") };
+        task
+    }
+
+    #[test]
+    fn addresses_must_be_ipv4_on_the_tasks_networks() {
+        let store = store();
+        let not_ip = validate(&store, "a", vec![with_addresses("running", &[("n1", "10.0.0.2/24")])]).unwrap_err();
+        assert_eq!(not_ip.code(), tonic::Code::InvalidArgument);
+        assert!(not_ip.message().contains("updates[0].addresses[0]"), "{}", not_ip.message());
+        let v6 = validate(&store, "a", vec![report("running"), with_addresses("running", &[("n1", "fe80::1")])]);
+        assert!(v6.unwrap_err().message().contains("updates[1].addresses[0]"));
+        let other = with_addresses("running", &[("n1", "10.0.0.2"), ("n2", "10.1.0.2")]);
+        let other = validate(&store, "a", vec![other]).unwrap_err();
+        assert_eq!(other.code(), tonic::Code::InvalidArgument);
+        let message = other.message();
+        assert!(message.contains("updates[0].addresses[1]") && message.contains("n2"), "{message}");
+        let ok = validate(&store, "a", vec![with_addresses("running", &[("n1", "10.0.0.2")])]).unwrap();
+        assert_eq!(ok[0].addresses, BTreeMap::from([("n1".to_string(), "10.0.0.2".to_string())]));
+    }
+
+    #[test]
+    fn addresses_are_set_kept_when_absent_and_updated_without_a_state_move() {
+        let mut store = store();
+        let reports = validate(&store, "a", vec![with_addresses("running", &[("n1", "10.0.0.2")])]).unwrap();
+        let task = updated(&status_changes(&store, &reports, 5)).clone();
+        assert_eq!((task.status.state, task.status.addresses["n1"].as_str()), (TaskState::Running, "10.0.0.2"));
+        store.tasks.insert("t1".into(), task);
+
+        let empty = validate(&store, "a", vec![report("running")]).unwrap();
+        assert!(status_changes(&store, &empty, 6).is_empty(), "an empty list keeps the known addresses");
+
+        let moved = validate(&store, "a", vec![with_addresses("running", &[("n1", "10.0.0.9")])]).unwrap();
+        let task = updated(&status_changes(&store, &moved, 7)).clone();
+        assert_eq!((task.status.state, task.status.addresses["n1"].as_str()), (TaskState::Running, "10.0.0.9"));
+
+        let older = validate(&store, "a", vec![with_addresses("starting", &[("n1", "10.0.0.7")])]).unwrap();
+        assert!(status_changes(&store, &older, 8).is_empty(), "an older state carries nothing");
+
+        // In one burst, the addresses of an earlier report survive a later one without any.
+        let burst =
+            validate(&store, "a", vec![with_addresses("running", &[("n1", "10.0.0.3")]), report("complete")]).unwrap();
+        let task = updated(&status_changes(&store, &burst, 9)).clone();
+        assert_eq!((task.status.state, task.status.addresses["n1"].as_str()), (TaskState::Complete, "10.0.0.3"));
     }
 }

@@ -50,6 +50,7 @@ async fn join_agent(manager: &TestManager, hostname: &str, period: Duration) -> 
         .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.kind, "full");
+    assert!(first.networks.is_some(), "the first message always carries the network views");
     assert_eq!(first.heartbeat_period_ms as u128, period.as_millis());
     let session_id = first.session_id.clone();
     let mut beat = client.clone();
@@ -142,4 +143,75 @@ async fn agents_run_tasks_and_a_silent_node_loses_them() {
         .await;
     assert_eq!(manager.consensus().state.read().nodes[&b_id].state, NodeState::Ready, "no false DOWN");
     b.heartbeats.abort();
+}
+
+/// Reads session messages until one carries network views that satisfy `wanted`; returns them.
+async fn next_views(agent: &mut Agent, wanted: impl Fn(&[pb::NetworkView]) -> bool) -> Vec<pb::NetworkView> {
+    let read = async {
+        loop {
+            let message = agent.stream.message().await.unwrap().unwrap();
+            if let Some(views) = message.networks
+                && wanted(&views.networks)
+            {
+                return views.networks;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read).await.expect("network views in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_carry_the_views_of_the_nodes_networks() {
+    let period = Duration::from_millis(100);
+    let timing = DispatcherTiming { heartbeat_period: period, grace: Duration::from_secs(5) };
+    let manager = TestManager::start_with(timing).await;
+    let mut agent = join_agent(&manager, "wn", period).await;
+    let mut control = ControlClient::new(manager.admin_channel().await);
+    let spec = pb::NetworkSpec { name: "front".into(), subnet: "10.90.0.0/16".into(), ..Default::default() };
+    let front = control.create_network(pb::CreateNetworkRequest { spec: Some(spec) }).await.unwrap().into_inner();
+    let spec = pb::ServiceSpec {
+        name: "web".into(),
+        image: "nginx".into(),
+        placement: Some(pb::Placement { constraints: vec!["node.role==worker".into()], ..Default::default() }),
+        networks: vec![pb::NetworkAttachment { target: "front".into(), aliases: vec!["www".into()] }],
+        ..Default::default()
+    };
+    control.create_service(pb::CreateServiceRequest { spec: Some(spec), no_resolve_image: true }).await.unwrap();
+
+    let with_vip = |views: &[pb::NetworkView]| views.first().is_some_and(|v| v.services.iter().any(|s| !s.vip.is_empty()));
+    let views = next_views(&mut agent, with_vip).await;
+    let view = &views[0];
+    assert_eq!((view.id.as_str(), view.name.as_str(), view.vni), (front.id.as_str(), "front", front.vni));
+    assert_eq!((view.subnet.as_str(), view.lease.as_str()), ("10.90.0.0/16", "10.90.0.0/24"));
+    assert_eq!(view.services[0].name, "web");
+    assert_eq!((view.services[0].endpoint_mode.as_str(), view.services[0].vip.as_str()), ("vip", "10.90.255.1"));
+    assert_eq!(view.services[0].aliases, ["www"]);
+    assert!(view.tasks.is_empty(), "nothing runs yet");
+
+    let task = {
+        let store = manager.consensus().state.read();
+        store.tasks.values().find(|t| t.node_id.as_deref() == Some(agent.node_id.as_str())).unwrap().clone()
+    };
+    let update = pb::TaskStatus {
+        task_id: task.meta.id.clone(),
+        state: "running".into(),
+        addresses: vec![pb::TaskAddress { network_id: front.id.clone(), address: "10.90.0.2".into() }],
+        ..Default::default()
+    };
+    let request = pb::UpdateTaskStatusRequest { session_id: agent.session_id.clone(), updates: vec![update.clone()] };
+    agent.client.update_task_status(request).await.unwrap();
+    let views = next_views(&mut agent, |views| views.first().is_some_and(|v| !v.tasks.is_empty())).await;
+    let record = &views[0].tasks[0];
+    assert_eq!(record.address, "10.90.0.2");
+    assert_eq!(record.names, [format!("web.1.{}", task.meta.id)]);
+
+    let wrong = pb::TaskStatus {
+        addresses: vec![pb::TaskAddress { network_id: "elsewhere".into(), address: "10.90.0.2".into() }],
+        ..update
+    };
+    let request = pb::UpdateTaskStatusRequest { session_id: agent.session_id.clone(), updates: vec![wrong] };
+    let status = agent.client.update_task_status(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("updates[0].addresses[0]"), "{}", status.message());
+    agent.heartbeats.abort();
 }

@@ -41,7 +41,8 @@ async fn networks_round_trip_with_services_and_leases() {
     assert!(blue.vni >= 4096);
 
     for (request, field) in [
-        (network("bad", "10.77.1.0/24"), "spec.subnet"),
+        (network("bad", "10.78.0.0/24"), "at least a /23"),
+        (network("bad", "10.77.2.0/23"), "spec.subnet"),
         (network("bad", "10.1.2.3/16"), "spec.subnet"),
         (network("bad", "10.90.0.0/28"), "spec.subnet"),
         (network("bad name", ""), "spec.name"),
@@ -71,9 +72,15 @@ async fn networks_round_trip_with_services_and_leases() {
     let _worker = manager.add_worker("w1").await;
     manager
         .wait_for("a lease on each network", Duration::from_secs(15), |store| {
-            store.tasks.values().any(|t| t.status.state == TaskState::Assigned) && store.subnet_leases.len() == 2
+            store.tasks.values().any(|t| t.status.state == TaskState::Assigned)
+                && store.subnet_leases.len() == 2
+                && store.virtual_ips.len() == 2
         })
         .await;
+    let got = control.get_service(pb::GetServiceRequest { reference: "web".into() }).await.unwrap().into_inner();
+    let vips: Vec<(String, String)> = got.virtual_ips.into_iter().map(|v| (v.network_id, v.address)).collect();
+    let blue_vip = format!("{}.255.1", blue.subnet.rsplitn(3, '.').last().unwrap());
+    assert_eq!(vips, [(blue.id.clone(), blue_vip), (red.id.clone(), "10.77.255.1".to_string())], "in spec order");
     let got = control.get_network(pb::GetNetworkRequest { reference: "red".into() }).await.unwrap().into_inner();
     assert_eq!(got.leases.len(), 1);
     assert_eq!(got.leases[0].subnet, "10.77.0.0/24");
@@ -82,7 +89,11 @@ async fn networks_round_trip_with_services_and_leases() {
 
     // Once the service is gone, its leases are released and the network can go.
     control.remove_service(pb::RemoveServiceRequest { reference: "web".into() }).await.unwrap();
-    manager.wait_for("leases released", Duration::from_secs(15), |store| store.subnet_leases.is_empty()).await;
+    manager
+        .wait_for("leases and virtual IPs released", Duration::from_secs(15), |store| {
+            store.subnet_leases.is_empty() && store.virtual_ips.is_empty()
+        })
+        .await;
     control.remove_network(pb::RemoveNetworkRequest { reference: "blue".into() }).await.unwrap();
     let status = control.get_network(pb::GetNetworkRequest { reference: "blue".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

@@ -2,6 +2,7 @@
 
 use super::{Meta, ServiceSpec};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The states of a task, in the order the observed state moves through them (it never moves
 /// back). The desired state uses the same values: READY (placed, waiting for a restart delay),
@@ -88,6 +89,9 @@ pub struct TaskStatus {
     pub timestamp_ms: i64,
     pub exit_code: Option<i32>,
     pub container_id: String,
+    /// The task's address on each of its networks (network id -> IPv4 address, no prefix
+    /// length), as its agent reported it.
+    pub addresses: BTreeMap<String, String>,
 }
 
 /// Restart bookkeeping, carried from a task to its replacement while the spec is unchanged.
