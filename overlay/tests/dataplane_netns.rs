@@ -166,6 +166,7 @@ fn network(lab: &mut Lab, hosts: &[String; 2], vni: u32, tag: &str, base: u8) ->
                 host_ifname: "veth-c1".into(),
                 container_ifname: "eth0".into(),
                 address: container_ip,
+                routes: Vec::new(),
             },
         )
         .expect("attach_container");
@@ -344,6 +345,7 @@ fn recovers_from_leftovers_of_a_crashed_run() {
             host_ifname: "veth-c1".into(),
             container_ifname: "eth0".into(),
             address: a.container_ip,
+            routes: Vec::new(),
         },
     )
     .unwrap();
@@ -355,6 +357,7 @@ fn recovers_from_leftovers_of_a_crashed_run() {
             host_ifname: "veth-c1".into(),
             container_ifname: "eth0".into(),
             address: a.container_ip,
+            routes: Vec::new(),
         },
     )
     .unwrap();

@@ -237,6 +237,7 @@ fn vip_balances_hairpins_and_refuses_without_backends() {
                 host_ifname: format!("veth-c{i}"),
                 container_ifname: "eth0".into(),
                 address: Ipv4Addr::new(10, 215, 1, i),
+                routes: Vec::new(),
             },
         )
         .expect("attach_container");

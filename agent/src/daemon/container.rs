@@ -165,7 +165,8 @@ pub fn container_spec(
         workdir: non_empty(&spec.workdir)
             .or_else(|| image.workdir.clone().filter(|w| !w.is_empty()))
             .map(PathBuf::from),
-        hostname: non_empty(&spec.hostname),
+        // Docker's default: the short container id (here the task id).
+        hostname: non_empty(&spec.hostname).or_else(|| Some(id.chars().take(12).collect())),
         mounts,
         limits: Limits {
             memory_bytes: some(lim.memory_bytes),

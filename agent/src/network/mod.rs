@@ -535,11 +535,16 @@ impl Overlay {
                 address,
             });
         }
+        let network: Subnet = view
+            .subnet
+            .parse()
+            .map_err(|e| format!("subnet {:?}: {e}", view.subnet))?;
         let attachment = Attachment {
             container_netns: netns.to_path_buf(),
             host_ifname,
             container_ifname: format!("eth{index}"),
             address,
+            routes: vec![network],
         };
         blocking(move || dataplane::attach_container(&config, &attachment)).await?;
         Ok(address)

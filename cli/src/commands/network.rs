@@ -37,7 +37,7 @@ pub struct CreateArgs {
     /// Driver: only overlay.
     #[arg(short, long, default_value = "overlay")]
     pub driver: String,
-    /// Subnet in CIDR form, at least a /24 (default: the next free one of the cluster's pool).
+    /// Subnet in CIDR form, at least a /23: per-host /24s plus a /24 of service VIPs (default: the next free one of the cluster's pool).
     #[arg(long, value_name = "CIDR")]
     pub subnet: Option<String>,
     /// Let standalone containers attach.

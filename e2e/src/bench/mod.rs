@@ -1,6 +1,7 @@
 //! Benchmark scenarios shared by the bench binaries.
 
 pub mod containers;
+pub mod network;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;

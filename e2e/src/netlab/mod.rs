@@ -473,7 +473,7 @@ impl NetLab {
             .stderr(stderr)
             .env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info,openraft=warn");
+            command.env("RUST_LOG", "info,openraft=warn,hickory_server=warn");
         }
         let child = if self.tied {
             spawn_tied(command)

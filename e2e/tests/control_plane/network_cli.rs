@@ -70,7 +70,7 @@ async fn network_cli_creates_inspects_attaches_and_removes() -> Result<()> {
 
     // Refusals name the field and write nothing.
     for (subnet, why) in [
-        ("10.200.8.0/24", "overlaps network back"),
+        ("10.200.8.0/23", "overlaps network back"),
         ("10.201.0.1/16", "did you mean 10.201.0.0/16"),
         ("10.202.0.0/26", "too small"),
         ("banana", "not a CIDR"),

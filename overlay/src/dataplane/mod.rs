@@ -198,6 +198,9 @@ pub struct Attachment {
     pub container_ifname: String,
     /// The container's address, from the host's subnet.
     pub address: Ipv4Addr,
+    /// Destinations routed through the gateway (the whole network, for a container on several
+    /// networks); empty: a default route through it.
+    pub routes: Vec<Subnet>,
 }
 
 /// A remote host's share of a network: what this host needs to reach its subnet.

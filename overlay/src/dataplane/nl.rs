@@ -425,16 +425,29 @@ pub fn attach_container(cfg: &NetworkConfig, a: &Attachment) -> Result<()> {
             .await
             .map_err(nl("container interface"))?;
         add_addr_replace(&h, idx, a.address, cfg.subnet.prefix, &a.container_ifname).await?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(cfg.subnet.gateway())
-            .output_interface(idx)
-            .build();
-        h.route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl("default route"))
+        let default = [Subnet {
+            addr: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        }];
+        let routes = if a.routes.is_empty() {
+            &default[..]
+        } else {
+            &a.routes[..]
+        };
+        for dest in routes {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dest.network(), dest.prefix)
+                .gateway(cfg.subnet.gateway())
+                .output_interface(idx)
+                .build();
+            h.route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("route {dest} via the gateway")))?;
+        }
+        Ok(())
     })
 }
 
