@@ -13,3 +13,4 @@ fi
 ./target/debug/bench-raft --quick --json target/bench-raft-quick.json
 ./target/debug/bench-containers --quick --json target/bench-containers-quick.json
 ./target/debug/bench-dns --quick
+./target/debug/bench-overlay --quick --json target/bench-overlay-quick.json

@@ -8,7 +8,7 @@
 //! Needs root, iproute2, runc, nftables, iputils ping, docker-registry and busybox-static (skips
 //! without them; fails under CI=true). Build the binaries first: `cargo build --workspace --bins`.
 
-use e2e::netlab::services::is_running;
+use e2e::netlab::services::{SLEEPER, is_running};
 use e2e::netlab::{self, NetLab};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -150,8 +150,9 @@ fn overlay_networks_across_hosts() {
         "--constraint",
         "node.hostname==h1",
         &image,
-        "sleep",
-        "3600",
+        "sh",
+        "-c",
+        SLEEPER,
     ])
     .expect("create client");
     let web = wait_addressed(&lab, "web", &backend, 2);
@@ -336,8 +337,9 @@ fn overlay_networks_across_hosts() {
         "--constraint",
         "node.hostname==h2",
         &image,
-        "sleep",
-        "3600",
+        "sh",
+        "-c",
+        SLEEPER,
     ])
     .expect("create both");
     let both = lab

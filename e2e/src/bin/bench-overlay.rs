@@ -16,7 +16,7 @@ use clap::Parser;
 use e2e::Summary;
 use e2e::bench::containers::keep_logs_on_error;
 use e2e::bench::network::{tcp_throughput, wait_until_answered};
-use e2e::netlab::services::is_running;
+use e2e::netlab::services::{SLEEPER, is_running};
 use e2e::netlab::{self, NetLab};
 use serde::Serialize;
 use serde_json::Value;
@@ -230,8 +230,9 @@ fn measure(lab: &NetLab, args: &Args) -> Result<(Vec<f64>, Vec<f64>, Vec<Duratio
             "--constraint",
             &format!("node.hostname=={host}"),
             &image,
-            "sleep",
-            "3600",
+            "sh",
+            "-c",
+            SLEEPER,
         ])?;
     }
     let (receiver, receiver_addr, _) = running_task(lab, "receiver", &network_id)?;
@@ -279,8 +280,9 @@ fn measure(lab: &NetLab, args: &Args) -> Result<(Vec<f64>, Vec<f64>, Vec<Duratio
         "--constraint",
         "node.hostname==h2",
         &image,
-        "sleep",
-        "3600",
+        "sh",
+        "-c",
+        SLEEPER,
     ])?;
     let mut dns = Vec::new();
     for run in 0..args.dns_runs {

@@ -7,6 +7,10 @@ use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A long-running task command that ends at once on SIGTERM (a plain `sleep` as PID 1 ignores
+/// it and is killed only after the stop grace period).
+pub const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
 /// Whether a task (as `service ps --format json` gives it) runs and is meant to.
 pub fn is_running(task: &Value) -> bool {
     task["desired_state"] == "running" && task["state"] == "running"
