@@ -1,8 +1,9 @@
 //! The overlay network must-shows in a 3-host lab: services reach each other by name across
 //! hosts over VxLAN (endpoint modes vip and dnsrr), `tasks.<service>` lists every task, DNS
 //! follows scale, networks are isolated from each other even on one host, a service on two
-//! networks reaches both, the overlay MTU is the underlay's minus 50, and removing everything
-//! leaves no namespace or link behind. One lab runs the steps in order; each names itself when it
+//! networks reaches both, the overlay MTU is the underlay's minus 50, published ports answer on
+//! every host (ingress mode) or where a task runs (host mode), and removing everything leaves no
+//! namespace, link or rule behind. One lab runs the steps in order; each names itself when it
 //! fails.
 //!
 //! Needs root, iproute2, runc, nftables, iputils ping, docker-registry and busybox-static (skips
@@ -41,6 +42,22 @@ fn wait_addressed(lab: &NetLab, service: &str, network_id: &str, n: usize) -> Ve
     lab.wait_tasks(service, &what, CONVERGE, |list| {
         let up = running(list);
         up.len() == n && up.iter().all(|t| address_on(t, network_id).is_some())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"))
+    .into_iter()
+    .filter(is_running)
+    .collect()
+}
+
+/// Waits for `n` running tasks of `service`, each with an address on some network.
+fn wait_addressed_any(lab: &NetLab, service: &str, n: usize) -> Vec<Value> {
+    let what = format!("{n} running {service} tasks with addresses");
+    lab.wait_tasks(service, &what, CONVERGE, |list| {
+        let up = running(list);
+        up.len() == n
+            && up
+                .iter()
+                .all(|t| t["addresses"].as_array().is_some_and(|a| !a.is_empty()))
     })
     .unwrap_or_else(|e| panic!("{e:#}"))
     .into_iter()
@@ -92,9 +109,16 @@ fn overlay_leftovers(lab: &NetLab) -> Vec<String> {
         }
         let links = lab.exec_in(i, "ip", &["-o", "link"]).expect("ip link");
         for line in String::from_utf8_lossy(&links.stdout).lines() {
-            if line.contains("ovx") || line.contains("vxlan") {
+            if line.contains("ovx") || line.contains("vxlan") || line.contains("cl-ingress") {
                 found.push(format!("h{i}: {line}"));
             }
+        }
+        let tables = lab
+            .exec_in(i, "nft", &["list", "tables"])
+            .expect("nft list tables");
+        let tables = String::from_utf8_lossy(&tables.stdout).trim().to_string();
+        if !tables.is_empty() {
+            found.push(format!("h{i}: nft {tables}"));
         }
     }
     found
@@ -383,8 +407,100 @@ fn overlay_networks_across_hosts() {
     );
     assert!(!ping("1423").status.success(), "1423 bytes DF must not fit");
 
-    // 7. Removing everything leaves no namespace or VxLAN device behind.
-    for s in ["web", "webrr", "client", "iso", "both"] {
+    // 7. Published ports: ingress mode answers on every host's address (tasks only on h2 and
+    //    h3), host mode only on the host that runs the task.
+    lab.create_service(&[
+        "--name",
+        "mesh",
+        "--publish",
+        "published=8080,target=8080",
+        "--replicas",
+        "2",
+        "--constraint",
+        not_h1,
+        &image,
+        "sh",
+        "-c",
+        WEB,
+    ])
+    .expect("create mesh");
+    lab.create_service(&[
+        "--name",
+        "local",
+        "--publish",
+        "published=9090,target=8080,mode=host",
+        "--constraint",
+        "node.hostname==h3",
+        &image,
+        "sh",
+        "-c",
+        WEB,
+    ])
+    .expect("create local");
+    let mesh = wait_addressed_any(&lab, "mesh", 2);
+    let local = wait_addressed_any(&lab, "local", 1);
+    let hostnames = |list: &[Value]| -> BTreeSet<String> {
+        list.iter()
+            .filter_map(|t| Some(t["id"].as_str()?.chars().take(12).collect()))
+            .collect()
+    };
+    // From h1 (no task there) and from h2, to every host's address.
+    let fetch = |from: usize, url: &str| -> Option<String> {
+        let out = lab
+            .exec_in(
+                from,
+                "busybox",
+                &["timeout", "3", "wget", "-q", "-O", "-", url],
+            )
+            .expect("wget from a host");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let started = Instant::now();
+    for from in [1, 2] {
+        for host in 1..=3 {
+            let url = format!("http://{}:8080/", lab.addr(host));
+            let mut page = fetch(from, &url);
+            while page.is_none() && started.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(200));
+                page = fetch(from, &url);
+            }
+            let page = page.unwrap_or_else(|| {
+                panic!(
+                    "h{from} -> {url}: no answer on an ingress port\nlogs:\n{}",
+                    lab.logs_tail(40)
+                )
+            });
+            assert!(hostnames(&mesh).contains(&page), "{url} answered {page:?}");
+        }
+    }
+    eprintln!(
+        "ingress port 8080 answers on every host ({:.2}s)",
+        started.elapsed().as_secs_f64()
+    );
+    let h3 = format!("http://{}:9090/", lab.addr(3));
+    let mut page = fetch(1, &h3);
+    while page.is_none() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        page = fetch(1, &h3);
+    }
+    assert_eq!(
+        page.map(|p| hostnames(&local).contains(&p)),
+        Some(true),
+        "host-mode port on h3"
+    );
+    for host in [1, 2] {
+        let url = format!("http://{}:9090/", lab.addr(host));
+        assert_eq!(
+            fetch(1, &url),
+            None,
+            "host-mode port must not answer on h{host}"
+        );
+    }
+
+    // 8. Removing everything leaves no namespace, VxLAN device or mesh rule behind.
+    for s in ["web", "webrr", "client", "iso", "both", "mesh", "local"] {
         lab.cli(&["service", "rm", s]).expect("service rm");
     }
     let started = Instant::now();

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlay::dataplane::{self, Attachment, NetworkConfig, RemoteHost, Subnet, lb};
+use overlay::dataplane::{self, Attachment, NetworkConfig, RemoteHost, Subnet, lb, mesh};
 use overlay::dns::{Asker, DnsConfig, DnsServer, DnsTable, SourceMap};
 use proto::v1::{NetworkView, ServiceSpec, TaskAddress};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,8 @@ const LEASE_WAIT: Duration = Duration::from_secs(30);
 const REPAIR_INTERVAL: Duration = Duration::from_secs(30);
 /// The embedded DNS server's port.
 const DNS_PORT: u16 = 53;
+/// The agent's own network namespace (the host's, holding the underlay address).
+const OWN_NETNS: &str = "/proc/self/ns/net";
 
 /// What the agent knows of its host for overlay networking.
 #[derive(Clone, Debug)]
@@ -84,6 +86,9 @@ struct LocalNetwork {
     /// What was last applied (`None`: apply again).
     remotes: Option<Vec<RemoteHost>>,
     vip_rules: Option<String>,
+    /// The ingress network: the host's own veth into it is up, and the published-port rules last
+    /// applied in the host namespace.
+    mesh: Option<Option<String>>,
 }
 
 #[derive(Default)]
@@ -270,6 +275,9 @@ impl Overlay {
                 for n in st.networks.values_mut() {
                     n.remotes = None;
                     n.vip_rules = None;
+                    if let Some(rules) = &mut n.mesh {
+                        *rules = None;
+                    }
                 }
             }
             self.sync_locked(&mut st, &views).await;
@@ -315,6 +323,16 @@ impl Overlay {
         if let Some(dns) = n.dns.take() {
             dns.shutdown().await;
         }
+        if n.mesh.is_some() {
+            let removed = blocking(|| {
+                mesh::remove_forwarding();
+                lb::apply_ruleset(Path::new(OWN_NETNS), &mesh::render_ruleset(&[]))
+            })
+            .await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "network: cannot remove the published-port rules");
+            }
+        }
         let name = self.network_netns_name(id);
         let config = n.config.clone();
         let result = blocking(move || {
@@ -359,6 +377,7 @@ impl Overlay {
                     dns,
                     remotes: None,
                     vip_rules: None,
+                    mesh: None,
                 },
             );
         }
@@ -379,6 +398,49 @@ impl Overlay {
             let (netns, r) = (n.config.netns.clone(), rules.clone());
             blocking(move || lb::apply_ruleset(&netns, &r)).await?;
             n.vip_rules = Some(rules);
+        }
+        if view.ingress {
+            Self::ensure_mesh(n, view).await?;
+        }
+        Ok(())
+    }
+
+    /// The routing mesh on this host: its own veth into the ingress network (address
+    /// [`plan::host_address`] of the lease), forwarding allowed, and the published-port rules.
+    async fn ensure_mesh(n: &mut LocalNetwork, view: &NetworkView) -> Result<(), String> {
+        let config = n.config.clone();
+        if n.mesh.is_none() {
+            let network: Subnet = view
+                .subnet
+                .parse()
+                .map_err(|e| format!("subnet {:?}: {e}", view.subnet))?;
+            let c = config.clone();
+            blocking(move || {
+                let attachment = Attachment {
+                    container_netns: PathBuf::from(OWN_NETNS),
+                    host_ifname: "chost".into(),
+                    container_ifname: mesh::GATEWAY_IFNAME.into(),
+                    address: plan::host_address(c.subnet),
+                    routes: vec![network],
+                };
+                dataplane::attach_container(&c, &attachment)?;
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
+                    dataplane::Error::Io {
+                        context: "enable IPv4 forwarding".into(),
+                        source: e,
+                    }
+                })?;
+                mesh::allow_forwarding()
+            })
+            .await?;
+            tracing::info!(address = %plan::host_address(config.subnet), "network: routing mesh ready on this host");
+            n.mesh = Some(None);
+        }
+        let rules = mesh::render_ruleset(&plan::published_ports(view, config.subnet));
+        if n.mesh.as_ref().and_then(|r| r.as_ref()) != Some(&rules) {
+            let r = rules.clone();
+            blocking(move || lb::apply_ruleset(Path::new(OWN_NETNS), &r)).await?;
+            n.mesh = Some(Some(rules));
         }
         Ok(())
     }
@@ -408,34 +470,23 @@ impl Overlay {
         }
     }
 
-    /// Waits until the views hold every network of `ids` (the managers lease this node a subnet
-    /// when the task is assigned here; the lease may come a moment after the assignment).
-    async fn wait_views(&self, ids: &[String]) -> Result<Vec<NetworkView>, String> {
+    /// Waits until the views hold every network the task joins (the managers lease this node a
+    /// subnet when the task is assigned here; the lease may come a moment after the assignment).
+    async fn wait_views(&self, spec: &ServiceSpec) -> Result<Vec<NetworkView>, String> {
         let mut rx = self.views.subscribe();
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
-            {
-                let views = rx.borrow_and_update();
-                let found: Vec<NetworkView> = ids
-                    .iter()
-                    .filter_map(|id| views.iter().find(|v| v.id == *id).cloned())
-                    .collect();
-                if found.len() == ids.len() {
-                    return Ok(found);
-                }
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    let views = self.views.borrow();
-                    let missing: Vec<&String> = ids
-                        .iter()
-                        .filter(|id| !views.iter().any(|v| v.id == **id))
-                        .collect();
-                    return Err(format!(
-                        "no subnet of network(s) {missing:?} was leased to this node within {LEASE_WAIT:?}"
-                    ));
-                }
+            let missing = match plan::task_views(spec, &rx.borrow_and_update()) {
+                Ok(found) => return Ok(found),
+                Err(missing) => missing,
+            };
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Err(format!(
+                    "no subnet of network(s) {missing:?} was leased to this node within {LEASE_WAIT:?}"
+                ));
             }
         }
     }
@@ -447,11 +498,15 @@ impl Overlay {
         task_id: &str,
         spec: &ServiceSpec,
     ) -> Result<Option<Attached>, String> {
-        let ids: Vec<String> = spec.networks.iter().map(|n| n.target.clone()).collect();
-        if ids.is_empty() {
+        let publishes = spec.endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
+        if spec.networks.is_empty() && !publishes {
             return Ok(None);
         }
-        let views = self.wait_views(&ids).await?;
+        let views = self.wait_views(spec).await?;
+        // Names resolve on the task's own networks, not on the routing mesh (as in Swarm).
+        let named: Vec<&NetworkView> = views.iter().filter(|v| !v.ingress).collect();
+        let dns_view = named.first().copied().unwrap_or(&views[0]);
+        let ids: Vec<String> = named.iter().map(|v| v.id.clone()).collect();
         let mut st = self.state.lock().await;
         if st.saved.tasks.contains_key(task_id) {
             self.detach_locked(&mut st, task_id).await;
@@ -494,7 +549,7 @@ impl Overlay {
         self.save(&st);
         let first = st
             .networks
-            .get(&ids[0])
+            .get(&dns_view.id)
             .map(|n| n.config.subnet.gateway())
             .ok_or_else(|| "the network went away while attaching".to_string())?;
         let dir = self.settings.state_dir.join(task_id);

@@ -6,22 +6,100 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use overlay::dataplane::lb::VipService;
+use overlay::dataplane::mesh::{Protocol, PublishedPort};
 use overlay::dataplane::{RemoteHost, Subnet};
 use overlay::dns::{EndpointMode, NetworkId, ServiceNetwork, ServiceRecord, TaskRecord};
-use proto::v1::NetworkView;
+use proto::v1::{NetworkView, ServiceSpec};
 
 /// The label Docker puts on the objects of a stack: its value is the stack's name.
 pub const STACK_LABEL: &str = "com.docker.stack.namespace";
 
+/// The address of the host itself in its lease (the last one before broadcast, `.254` of a
+/// /24): on the ingress network, the host's end of the routing mesh.
+pub fn host_address(lease: Subnet) -> Ipv4Addr {
+    let size = 1u64 << (32 - u32::from(lease.prefix));
+    Ipv4Addr::from((u64::from(u32::from(lease.network())) + size - 2) as u32)
+}
+
 /// The first free container address of `lease`: not the network address, not the gateway
-/// (`.1`), not the broadcast address, and not in `used`. `None` when the lease is full.
+/// (`.1`), not the host's address ([`host_address`]), not the broadcast address, and not in
+/// `used`. `None` when the lease is full.
 pub fn next_address(lease: Subnet, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let first = u32::from(lease.gateway()) + 1;
-    let size = 1u64 << (32 - u32::from(lease.prefix));
-    let broadcast = (u64::from(u32::from(lease.network())) + size - 1) as u32;
-    (first..broadcast)
+    let host = u32::from(host_address(lease));
+    (first..host)
         .map(Ipv4Addr::from)
         .find(|a| !used.contains(a))
+}
+
+/// The views of the networks a task joins: those of its spec, and the ingress network when it
+/// publishes ports. `Err`: the networks this node has no view (no lease) of yet.
+pub fn task_views(
+    spec: &ServiceSpec,
+    views: &[NetworkView],
+) -> Result<Vec<NetworkView>, Vec<String>> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for attachment in &spec.networks {
+        match views.iter().find(|v| v.id == attachment.target) {
+            Some(v) => found.push(v.clone()),
+            None => missing.push(attachment.target.clone()),
+        }
+    }
+    let publishes = spec.endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
+    if publishes && !found.iter().any(|v| v.ingress) {
+        match views.iter().find(|v| v.ingress) {
+            Some(v) => found.push(v.clone()),
+            None => missing.push("ingress".into()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(found)
+    } else {
+        Err(missing)
+    }
+}
+
+/// The ports this host publishes, from the ingress network's view: ingress-mode ports go to
+/// every task of their service, host-mode ports only to the tasks in this host's `lease`.
+pub fn published_ports(ingress: &NetworkView, lease: Subnet) -> Vec<PublishedPort> {
+    let mut out = Vec::new();
+    for service in &ingress.services {
+        let tasks: Vec<Ipv4Addr> = ingress
+            .tasks
+            .iter()
+            .filter(|t| t.service_id == service.id)
+            .filter_map(|t| t.address.parse().ok())
+            .collect();
+        for port in &service.ports {
+            let protocol = match port.protocol.as_str() {
+                "" | "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => continue,
+            };
+            let (Ok(published), Ok(target)) =
+                (u16::try_from(port.published), u16::try_from(port.target))
+            else {
+                continue;
+            };
+            if published == 0 {
+                continue;
+            }
+            let backends = tasks
+                .iter()
+                .copied()
+                .filter(|a| port.mode != "host" || lease.contains(*a))
+                .collect();
+            out.push(PublishedPort {
+                protocol,
+                published,
+                target,
+                backends,
+            });
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The other hosts of a network, as the VxLAN device needs them. Peers with an unparsable subnet
@@ -132,8 +210,13 @@ mod tests {
         used.insert(Ipv4Addr::new(10, 0, 3, 2));
         used.insert(Ipv4Addr::new(10, 0, 3, 4));
         assert_eq!(next_address(lease, &used), Some(Ipv4Addr::new(10, 0, 3, 3)));
-        let full: BTreeSet<Ipv4Addr> = (2..=254).map(|i| Ipv4Addr::new(10, 0, 3, i)).collect();
-        assert_eq!(next_address(lease, &full), None, "never .255");
+        let full: BTreeSet<Ipv4Addr> = (2..=253).map(|i| Ipv4Addr::new(10, 0, 3, i)).collect();
+        assert_eq!(
+            next_address(lease, &full),
+            None,
+            "never .254 (the host) nor .255"
+        );
+        assert_eq!(host_address(lease), Ipv4Addr::new(10, 0, 3, 254));
     }
 
     fn view() -> NetworkView {
@@ -143,6 +226,7 @@ mod tests {
             vni: 4096,
             subnet: "10.0.0.0/16".into(),
             lease: "10.0.1.0/24".into(),
+            ingress: false,
             peers: vec![
                 NetworkPeer {
                     node_id: "b".into(),
@@ -167,7 +251,7 @@ mod tests {
                     stack: "shop".into(),
                     endpoint_mode: "vip".into(),
                     vip: "10.0.255.2".into(),
-                    aliases: vec![],
+                    ..Default::default()
                 },
                 DnsService {
                     id: "s2".into(),
@@ -240,6 +324,72 @@ mod tests {
         assert_eq!(
             vips[0].backends,
             vec![Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 2, 5)]
+        );
+    }
+
+    #[test]
+    fn publishing_tasks_join_the_ingress_network() {
+        use proto::v1::{EndpointSpec, NetworkAttachment, PortConfig};
+        let mut ingress = view();
+        ingress.id = "ing".into();
+        ingress.ingress = true;
+        let mut spec = ServiceSpec {
+            networks: vec![NetworkAttachment {
+                target: "n1".into(),
+                aliases: vec![],
+            }],
+            ..Default::default()
+        };
+        let ids = |r: Result<Vec<NetworkView>, Vec<String>>| -> Vec<String> {
+            r.map(|v| v.into_iter().map(|v| v.id).collect())
+                .unwrap_or_else(|m| m)
+        };
+        assert_eq!(ids(task_views(&spec, &[view(), ingress.clone()])), ["n1"]);
+        spec.endpoint = Some(EndpointSpec {
+            mode: String::new(),
+            ports: vec![PortConfig {
+                target: 80,
+                published: 8080,
+                ..Default::default()
+            }],
+        });
+        assert_eq!(ids(task_views(&spec, &[view(), ingress])), ["n1", "ing"]);
+        assert_eq!(
+            task_views(&spec, &[view()]).map(|_| ()),
+            Err(vec!["ingress".to_string()])
+        );
+    }
+
+    #[test]
+    fn ports_go_to_every_task_or_to_local_ones() {
+        use proto::v1::PortConfig;
+        let mut ingress = view();
+        ingress.ingress = true;
+        ingress.services[0].ports = vec![
+            PortConfig {
+                target: 80,
+                published: 8080,
+                protocol: "tcp".into(),
+                mode: "ingress".into(),
+            },
+            PortConfig {
+                target: 80,
+                published: 9090,
+                protocol: "tcp".into(),
+                mode: "host".into(),
+            },
+        ];
+        let ports = published_ports(&ingress, sn("10.0.1.0/24"));
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0].published, 8080);
+        assert_eq!(
+            ports[0].backends,
+            vec![Ipv4Addr::new(10, 0, 2, 5), Ipv4Addr::new(10, 0, 1, 2)]
+        );
+        assert_eq!(
+            ports[1].backends,
+            vec![Ipv4Addr::new(10, 0, 1, 2)],
+            "host mode: local tasks"
         );
     }
 

@@ -17,6 +17,7 @@
 //! entered the target namespace with `setns`); call them from `spawn_blocking` in async code.
 
 pub mod lb;
+pub mod mesh;
 mod nl;
 
 use std::collections::BTreeMap;
