@@ -407,7 +407,61 @@ fn overlay_networks_across_hosts() {
     );
     assert!(!ping("1423").status.success(), "1423 bytes DF must not fit");
 
-    // 7. Published ports: ingress mode answers on every host's address (tasks only on h2 and
+    // 7. An agent restart (h1, the client's host) re-syncs without re-creating the data plane:
+    //    the VxLAN device keeps its index, and names and VIPs keep working.
+    let netns = format!("cl-{}-net-{backend}", lab.node_tag(1).expect("node tag"));
+    let vxlan_index = || -> String {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &netns, "-o", "link", "show", "vxlan0"])
+            .output()
+            .expect("ip link show vxlan0");
+        String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let before = vxlan_index();
+    assert!(
+        !before.is_empty(),
+        "h1 has the backend network's VxLAN device"
+    );
+    lab.stop_agent(1).expect("stop agent h1");
+    lab.restart_agent(1).expect("restart agent h1");
+    let in_client = |args: &[&str]| lab.exec_in_task(1, &client_id, args).expect("runc exec");
+    let started = Instant::now();
+    let fetched = loop {
+        let out = in_client(&[
+            "busybox",
+            "timeout",
+            "3",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://web:8080/",
+        ]);
+        if out.status.success() || started.elapsed() > CONVERGE {
+            break out.status.success();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        fetched,
+        "web by name after h1's agent restarted\nlogs:\n{}",
+        lab.logs_tail(40)
+    );
+    assert_eq!(
+        vxlan_index(),
+        before,
+        "the restarted agent re-created the VxLAN device"
+    );
+    eprintln!(
+        "after h1's agent restart, web answers by name again in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 8. Published ports: ingress mode answers on every host's address (tasks only on h2 and
     //    h3), host mode only on the host that runs the task.
     lab.create_service(&[
         "--name",
@@ -499,7 +553,7 @@ fn overlay_networks_across_hosts() {
         );
     }
 
-    // 8. Removing everything leaves no namespace, VxLAN device or mesh rule behind.
+    // 9. Removing everything leaves no namespace, VxLAN device or mesh rule behind.
     for s in ["web", "webrr", "client", "iso", "both", "mesh", "local"] {
         lab.cli(&["service", "rm", s]).expect("service rm");
     }

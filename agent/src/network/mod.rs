@@ -416,11 +416,16 @@ impl Overlay {
                 .map_err(|e| format!("subnet {:?}: {e}", view.subnet))?;
             let c = config.clone();
             blocking(move || {
+                let address = plan::host_address(c.subnet);
+                // Kept across agent restarts: re-creating it would cut the mesh's connections.
+                if dataplane::link_has_address(None, mesh::GATEWAY_IFNAME, address)? {
+                    return mesh::allow_forwarding();
+                }
                 let attachment = Attachment {
                     container_netns: PathBuf::from(OWN_NETNS),
                     host_ifname: "chost".into(),
                     container_ifname: mesh::GATEWAY_IFNAME.into(),
-                    address: plan::host_address(c.subnet),
+                    address,
                     routes: vec![network],
                 };
                 dataplane::attach_container(&c, &attachment)?;

@@ -788,3 +788,27 @@ pub fn underlay_mtu(ip: Ipv4Addr) -> Result<u32> {
             .ok_or_else(|| Error::Invalid(format!("link {index} reports no MTU")))
     })
 }
+
+/// Whether link `ifname` in `netns` (`None`: the caller's) exists and holds `ip` (lets a
+/// restarted agent keep what is already in place instead of re-creating it).
+pub fn link_has_address(netns: Option<&Path>, ifname: &str, ip: Ipv4Addr) -> Result<bool> {
+    in_netns(netns, |h| async move {
+        let Some(link) = find_link(&h, ifname).await? else {
+            return Ok(false);
+        };
+        let addrs: Vec<AddressMessage> = h
+            .address()
+            .get()
+            .set_link_index_filter(link.header.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("list addresses of {ifname}")))?;
+        Ok(addrs.iter().any(|m| {
+            m.header.index == link.header.index
+                && m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)
+                })
+        }))
+    })
+}
