@@ -89,6 +89,7 @@ fn service(
         networks: vec![ServiceNetwork {
             network: net.into(),
             vip: vip.map(ip),
+            aliases: Vec::new(),
         }],
     }
 }

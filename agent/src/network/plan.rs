@@ -143,6 +143,7 @@ pub fn dns_records(views: &[NetworkView]) -> (Vec<ServiceRecord>, Vec<TaskRecord
             record.networks.push(ServiceNetwork {
                 network: network.clone(),
                 vip: s.vip.parse::<IpAddr>().ok(),
+                aliases: s.aliases.clone(),
             });
         }
         for t in &view.tasks {

@@ -101,6 +101,7 @@ fn table() -> DnsTable {
             networks: vec![ServiceNetwork {
                 network: net.clone(),
                 vip: vip.then(|| IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2 + s as u8))),
+                aliases: Vec::new(),
             }],
         });
         for t in 0..10u32 {

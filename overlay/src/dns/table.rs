@@ -36,6 +36,8 @@ pub enum EndpointMode {
 pub struct ServiceNetwork {
     pub network: NetworkId,
     pub vip: Option<IpAddr>,
+    /// Extra names of the service on this network only (`--network name=N,alias=A`).
+    pub aliases: Vec<String>,
 }
 
 /// A service as the DNS sees it.
@@ -105,6 +107,8 @@ struct Inner {
     services: HashMap<String, ServiceRecord>,
     /// lowercased full service name -> service id
     service_by_name: HashMap<String, String>,
+    /// lowercased alias -> (service id, the network it names the service on)
+    service_by_alias: HashMap<String, Vec<(String, NetworkId)>>,
     tasks: HashMap<String, TaskRecord>,
     /// service id -> its routable task ids
     tasks_by_service: HashMap<String, HashSet<String>>,
@@ -199,6 +203,7 @@ impl DnsTable {
         let ours = !name.contains('.')
             || name.starts_with("tasks.")
             || inner.service_by_name.contains_key(&name)
+            || inner.service_by_alias.contains_key(&name)
             || inner.task_by_name.contains_key(&name)
             || name
                 .split('.')
@@ -217,6 +222,14 @@ impl Inner {
         self.remove_service(&service.id);
         self.service_by_name
             .insert(service.name.to_ascii_lowercase(), service.id.clone());
+        for n in &service.networks {
+            for alias in &n.aliases {
+                self.service_by_alias
+                    .entry(normalize(alias))
+                    .or_default()
+                    .push((service.id.clone(), n.network.clone()));
+            }
+        }
         self.services.insert(service.id.clone(), service);
     }
 
@@ -225,6 +238,15 @@ impl Inner {
             let key = old.name.to_ascii_lowercase();
             if self.service_by_name.get(&key).is_some_and(|v| v == id) {
                 self.service_by_name.remove(&key);
+            }
+            for alias in old.networks.iter().flat_map(|n| &n.aliases) {
+                let key = normalize(alias);
+                if let Some(entries) = self.service_by_alias.get_mut(&key) {
+                    entries.retain(|(s, _)| s != id);
+                    if entries.is_empty() {
+                        self.service_by_alias.remove(&key);
+                    }
+                }
             }
         }
     }
@@ -307,6 +329,39 @@ impl Inner {
         out
     }
 
+    /// An alias names its service only on the network it was given for: the VIP there (vip) or
+    /// the tasks' addresses there (dnsrr).
+    fn alias_lookup(&self, name: &str, asker: &Asker) -> Option<Vec<IpAddr>> {
+        let entries = self.service_by_alias.get(name)?;
+        let mut out = Vec::new();
+        let mut visible = false;
+        for (id, net) in entries.iter().filter(|(_, net)| asker.on(net)) {
+            let Some(s) = self.services.get(id) else {
+                continue;
+            };
+            visible = true;
+            let on_net = Asker {
+                networks: vec![net.clone()],
+                stack: asker.stack.clone(),
+            };
+            let addrs = match s.mode {
+                EndpointMode::Vip => s
+                    .networks
+                    .iter()
+                    .filter(|n| &n.network == net)
+                    .filter_map(|n| n.vip)
+                    .collect(),
+                EndpointMode::Dnsrr => self.task_addrs(s, &on_net),
+            };
+            for a in addrs {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        visible.then_some(out)
+    }
+
     fn lookup(&self, name: &str, asker: &Asker) -> Option<Vec<IpAddr>> {
         if let Some(s) = self.service_for(name, asker) {
             return Some(match s.mode {
@@ -329,6 +384,9 @@ impl Inner {
             && let Some(s) = self.service_for(svc, asker)
         {
             return Some(self.task_addrs(s, asker));
+        }
+        if let Some(found) = self.alias_lookup(name, asker) {
+            return Some(found);
         }
         let ids = self.task_by_name.get(name)?;
         let mut out = Vec::new();
@@ -372,6 +430,7 @@ mod tests {
                 .map(|(n, v)| ServiceNetwork {
                     network: (*n).into(),
                     vip: v.map(ip),
+                    aliases: Vec::new(),
                 })
                 .collect(),
         }
@@ -552,5 +611,29 @@ mod tests {
             })
             .collect();
         assert!(firsts.len() > 1, "first answer never changes: {firsts:?}");
+    }
+
+    #[test]
+    fn aliases_name_the_service_on_their_network_only() {
+        let t = DnsTable::new();
+        let mut s = svc(
+            "s1",
+            "web",
+            None,
+            EndpointMode::Vip,
+            &[("front", Some("10.0.0.2")), ("back", Some("10.1.0.2"))],
+        );
+        s.networks[1].aliases = vec!["Api".into()];
+        t.set_service(s);
+        let back = Asker::new(["back"], None);
+        let front = Asker::new(["front"], None);
+        assert_eq!(t.lookup("api", &back), found(&["10.1.0.2"]));
+        assert_eq!(t.lookup("api.", &front), Lookup::NxDomain);
+        t.remove_service("s1");
+        assert_eq!(
+            t.lookup("api", &back),
+            Lookup::NxDomain,
+            "a single label stays ours"
+        );
     }
 }
