@@ -138,6 +138,9 @@ impl RunningManager {
     }
 }
 
+/// The name of the ingress network `init` creates.
+pub const INGRESS_NETWORK: &str = "ingress";
+
 /// Creates a new cluster with this manager as its only member.
 pub async fn init(options: &StartOptions, placement: &Placement) -> Result<RunningManager> {
     init_with_pool(options, placement, &AddressPool::default()).await
@@ -199,6 +202,23 @@ pub async fn init_with_pool(options: &StartOptions, placement: &Placement, pool:
         .write(Op::Bootstrap { settings: Box::new(settings), first_manager: Box::new(first_manager) })
         .await
         .map_err(|status| anyhow!("cannot bootstrap the cluster: {}", status.message()))?;
+    // The routing mesh for published ports: a network like any other (subnet from the default
+    // pool, its own VNI), flagged ingress.
+    let ingress = crate::store::Network {
+        meta: Meta { id: crate::ids::new_id(), ..Meta::default() },
+        name: INGRESS_NETWORK.into(),
+        labels: BTreeMap::new(),
+        subnet: String::new(),
+        vni: 0,
+        attachable: false,
+        driver: "overlay".into(),
+        ingress: true,
+    };
+    running
+        .consensus
+        .write(Op::CreateNetwork(Box::new(ingress)))
+        .await
+        .map_err(|status| anyhow!("cannot create the ingress network: {}", status.message()))?;
 
     let admin = ca.issue_keypair(
         &Subject { node_id: format!("admin-{}", random_hex(8)), role: Role::Admin, cluster_id },

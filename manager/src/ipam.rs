@@ -3,9 +3,15 @@
 //! overlapping another network nor the hosts' own addresses), its VNI, and the per-host subnet
 //! leases (a /24 of the network for every node where a task on that network is assigned or
 //! running; released when no such task is left), and the services' virtual IPs (from the
-//! network's last /24, which is never leased to a host).
+//! network's last /24, which is never leased to a host). The ingress network (the routing mesh)
+//! is on top leased to every ready node while a service publishes a port in ingress mode, and
+//! its services get no virtual IP on it.
 
-use crate::store::{Change, EndpointMode, Kind, Meta, Object, Store, SubnetLease, TaskState, VirtualIp};
+pub mod ports;
+
+use crate::store::{
+    Change, EndpointMode, Kind, Meta, Network, NodeState, Object, ServiceSpec, Store, SubnetLease, TaskState, VirtualIp,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -195,23 +201,49 @@ pub fn lease_id(network_id: &str, node_id: &str) -> String {
     format!("{network_id}.{node_id}")
 }
 
+/// The ingress network (the routing mesh), if there is one.
+pub fn ingress_network(store: &Store) -> Option<&Network> {
+    store.networks.values().find(|n| n.ingress)
+}
+
+/// The ids of the networks a task of `spec` is on: the spec's networks, then the ingress
+/// network when the spec publishes any port (ingress or host mode) and does not list it.
+pub fn task_network_ids(store: &Store, spec: &ServiceSpec) -> Vec<String> {
+    let mut ids: Vec<String> = spec.networks.iter().map(|a| a.network_id.clone()).collect();
+    if !spec.endpoint.ports.is_empty()
+        && let Some(ingress) = ingress_network(store)
+        && !ids.contains(&ingress.meta.id)
+    {
+        ids.push(ingress.meta.id.clone());
+    }
+    ids
+}
+
 /// The (network id, node id) pairs that need a lease: a live task assigned to the node (from
-/// ASSIGNED up to RUNNING) runs a spec attached to the network, and both still exist.
+/// ASSIGNED up to RUNNING) is on the network (see [`task_network_ids`]), and both still exist;
+/// and, while any service publishes a port in ingress mode, the ingress network on every READY
+/// node (so that every node accepts the published ports).
 pub fn needed_leases(store: &Store) -> BTreeSet<(String, String)> {
-    store
+    let mut needed: BTreeSet<(String, String)> = store
         .tasks
         .values()
         .filter(|t| t.is_live() && t.status.state >= TaskState::Assigned && t.status.state <= TaskState::Running)
         .filter_map(|t| t.node_id.as_ref().map(|node| (t, node)))
         .filter(|(_, node)| store.nodes.contains_key(*node))
         .flat_map(|(t, node)| {
-            t.spec
-                .networks
-                .iter()
-                .filter(|a| store.networks.contains_key(&a.network_id))
-                .map(move |a| (a.network_id.clone(), node.clone()))
+            task_network_ids(store, &t.spec)
+                .into_iter()
+                .filter(|id| store.networks.contains_key(id))
+                .map(move |id| (id, node.clone()))
         })
-        .collect()
+        .collect();
+    if let Some(ingress) = ingress_network(store)
+        && ports::any_ingress_port(store)
+    {
+        let ready = store.nodes.values().filter(|n| n.state == NodeState::Ready);
+        needed.extend(ready.map(|n| (ingress.meta.id.clone(), n.meta.id.clone())));
+    }
+    needed
 }
 
 /// The lease changes that bring the store in line with [`needed_leases`]: a new lease (the next
@@ -257,7 +289,7 @@ pub fn plan_leases(store: &Store) -> Vec<Change> {
 }
 
 /// The (service id, network id) pairs that need a virtual IP: a service in endpoint mode vip
-/// attached to a network that exists, keyed by [`vip_id`].
+/// attached to a network that exists and is not the ingress network, keyed by [`vip_id`].
 pub fn needed_vips(store: &Store) -> BTreeMap<String, (&str, &str)> {
     store
         .services
@@ -267,7 +299,7 @@ pub fn needed_vips(store: &Store) -> BTreeMap<String, (&str, &str)> {
             s.spec
                 .networks
                 .iter()
-                .filter(|a| store.networks.contains_key(&a.network_id))
+                .filter(|a| store.networks.get(&a.network_id).is_some_and(|n| !n.ingress))
                 .map(move |a| (vip_id(&s.meta.id, &a.network_id), (s.meta.id.as_str(), a.network_id.as_str())))
         })
         .collect()

@@ -108,13 +108,22 @@ async fn network_cli_creates_inspects_attaches_and_removes() -> Result<()> {
         "{}",
         out.stdout
     );
+    // back, front and the ingress network init created.
     let listed = rows(&out.stdout);
-    assert_eq!(listed.len(), 2, "{}", out.stdout);
+    assert_eq!(listed.len(), 3, "{}", out.stdout);
     let cols: Vec<&str> = listed[1].split_whitespace().collect();
     assert_eq!(cols[1..], ["front", "overlay", "swarm"], "{}", out.stdout);
     assert!(front_id.starts_with(cols[0]), "{}", out.stdout);
     let out = lab.cli(&["network", "ls", "-q"]).await?;
-    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
+    let cols: Vec<&str> = listed[2].split_whitespace().collect();
+    assert_eq!(cols[1..], ["ingress", "overlay", "swarm"], "{}", out.stdout);
+
+    // The routing mesh: first from the default pool, flagged ingress.
+    let ingress = first_object(&lab.cli(&["network", "inspect", "ingress"]).await?.stdout)?;
+    assert_eq!(ingress["ingress"], true, "{ingress}");
+    assert_eq!(ingress["subnet"], "10.0.0.0/16", "{ingress}");
+    let ingress_id = ingress["id"].as_str().unwrap_or("").to_string();
 
     // Inspect through another manager: the networks are in every replica's store.
     let out = lab
@@ -125,6 +134,8 @@ async fn network_cli_creates_inspects_attaches_and_removes() -> Result<()> {
     let (front, back) = (&both[0], &both[1]);
     assert_eq!(front["id"], front_id.as_str(), "{both}");
     assert_eq!(front["labels"]["tier"], "front", "{both}");
+    assert_eq!(front["subnet"], "10.1.0.0/16", "{both}");
+    assert_ne!(front["ingress"], true, "{both}");
     assert_eq!(back["subnet"], "10.200.0.0/20", "{both}");
     assert_eq!(back["attachable"], true, "{both}");
     let (front_subnet, back_subnet) = (
@@ -236,7 +247,34 @@ async fn network_cli_creates_inspects_attaches_and_removes() -> Result<()> {
     let out = lab.cli(&["network", "rm", "front"]).await?;
     assert!(out.success, "network rm front: {out:?}");
     let out = lab.cli(&["network", "ls", "-q"]).await?;
-    assert!(out.success && out.stdout.trim().is_empty(), "{out:?}");
+    assert!(
+        out.success && out.stdout.trim() == ingress_id,
+        "only the ingress network is left: {out:?}"
+    );
+
+    // The ingress network stays while a service publishes ports.
+    let out = lab
+        .cli(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "pub",
+            "--publish",
+            "published=8080,target=80",
+            "--no-resolve-image",
+            "busybox",
+            "httpd",
+        ])
+        .await?;
+    assert!(out.success, "service create --publish: {out:?}");
+    let out = lab.cli(&["network", "rm", "ingress"]).await?;
+    assert!(
+        !out.success && out.stderr.contains("routing mesh is in use by service pub"),
+        "{out:?}"
+    );
+    let out = lab.cli(&["service", "rm", "pub"]).await?;
+    assert!(out.success, "service rm pub: {out:?}");
     let out = lab.cli(&["network", "inspect", "front"]).await?;
     assert!(!out.success && out.stderr.contains("not found"), "{out:?}");
 

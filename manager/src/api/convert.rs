@@ -1,6 +1,6 @@
 //! Store objects to API messages.
 
-use crate::store::{NetworkAttachment, Node, Service, Store};
+use crate::store::{Node, Service, Store};
 use proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -63,11 +63,11 @@ pub fn virtual_ips_to_proto(store: &Store, service: &Service) -> Vec<pb::TaskAdd
 }
 
 /// A task's reported addresses in store form, checked: each must be an IPv4 address (no prefix
-/// length) on a network the task's spec attaches (`attached`), named once. Errors name the
-/// entry as `{field}[j]`.
+/// length) on a network the task is on (`attached`: network ids, see
+/// [`crate::ipam::task_network_ids`]), named once. Errors name the entry as `{field}[j]`.
 pub fn addresses_from_proto(
     addresses: &[pb::TaskAddress],
-    attached: &[NetworkAttachment],
+    attached: &[String],
     field: &str,
 ) -> Result<BTreeMap<String, String>, String> {
     let mut checked = BTreeMap::new();
@@ -76,7 +76,7 @@ pub fn addresses_from_proto(
             .address
             .parse()
             .map_err(|_| format!("{field}[{j}].address: {:?} is not an IPv4 address", entry.address))?;
-        if !attached.iter().any(|a| a.network_id == entry.network_id) {
+        if !attached.contains(&entry.network_id) {
             return Err(format!(
                 "{field}[{j}].network_id: the task is not attached to network {:?}",
                 entry.network_id

@@ -92,10 +92,12 @@ pub fn network_from_spec(spec: &pb::NetworkSpec) -> Result<Network, Status> {
         vni: 0,
         attachable: spec.attachable,
         driver: "overlay".into(),
+        ingress: false,
     })
 }
 
-/// The API form of `network`, with its leases and the services attached to it.
+/// The API form of `network`, with its leases and the services attached to it (for the ingress
+/// network: the services publishing ports too).
 pub fn network_to_proto(store: &Store, network: &Network) -> pb::Network {
     let leases = store
         .subnet_leases
@@ -110,7 +112,7 @@ pub fn network_to_proto(store: &Store, network: &Network) -> pb::Network {
     let services = store
         .services
         .values()
-        .filter(|s| s.spec.networks.iter().any(|a| a.network_id == network.meta.id))
+        .filter(|s| crate::ipam::task_network_ids(store, &s.spec).contains(&network.meta.id))
         .map(|s| s.name.clone())
         .collect();
     pb::Network {
@@ -127,6 +129,7 @@ pub fn network_to_proto(store: &Store, network: &Network) -> pb::Network {
         updated_at_ms: network.meta.updated_at_ms,
         leases,
         services,
+        ingress: network.ingress,
     }
 }
 

@@ -95,6 +95,27 @@ async fn resolve_networks(consensus: &Consensus, spec: &mut crate::store::Servic
     Ok(())
 }
 
+/// Resolves the ingress ports published as 0 and checks the ports against the other services'
+/// on a consistent read (see [`crate::ipam::ports`]; the store checks the conflicts again when
+/// the write is applied).
+async fn publish_ports(
+    consensus: &Consensus,
+    service_id: &str,
+    spec: &mut crate::store::ServiceSpec,
+    current: Option<&crate::store::ServiceSpec>,
+) -> Result<(), Status> {
+    if spec.endpoint.ports.is_empty() {
+        return Ok(());
+    }
+    let mut resolved = spec.clone();
+    consensus
+        .read(|store| crate::ipam::ports::assign_published_ports(store, service_id, &mut resolved, current))
+        .await?
+        .map_err(|e| Status::invalid_argument(format!("invalid service spec: {e}")))?;
+    *spec = resolved;
+    Ok(())
+}
+
 /// Reads the service `id` after a write, consistently.
 async fn read_back(consensus: &Consensus, id: &str) -> Result<pb::Service, Status> {
     consensus
@@ -117,10 +138,12 @@ pub async fn create(
         // Checked again by the state machine; refusing here spares a registry round trip.
         return Err(Status::already_exists(format!("service name {:?} is already in use", valid.name)));
     }
+    let id = new_id();
+    publish_ports(consensus, &id, &mut valid.spec, None).await?;
     let warnings: Vec<String> =
         images.pin(&mut valid.spec.image, None, request.no_resolve_image).await?.into_iter().collect();
     let service = Service {
-        meta: Meta { id: new_id(), ..Meta::default() },
+        meta: Meta { id, ..Meta::default() },
         name: valid.name,
         labels: valid.labels,
         spec: valid.spec,
@@ -173,6 +196,7 @@ pub async fn update(
             current.name, request.version, current.meta.version
         )));
     }
+    publish_ports(consensus, &current.meta.id, &mut valid.spec, Some(&current.spec)).await?;
     let warnings: Vec<String> = images
         .pin(&mut valid.spec.image, Some(&current.spec.image), request.no_resolve_image)
         .await?

@@ -116,6 +116,7 @@ mod tests {
             vni: 4096,
             attachable: false,
             driver: "overlay".into(),
+            ingress: false,
         }))]);
         let mut spec = replicated(4);
         spec.networks = vec![crate::store::NetworkAttachment { network_id: "net".into(), aliases: Vec::new() }];

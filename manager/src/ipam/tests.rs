@@ -206,6 +206,7 @@ fn network(id: &str, name: &str, subnet: &str) -> Box<Network> {
         vni: 0,
         attachable: false,
         driver: String::new(),
+        ingress: false,
     })
 }
 
@@ -490,4 +491,129 @@ fn a_full_vip_range_gives_no_more_and_removing_the_network_drops_them() {
     assert_eq!(response, Response::Ok);
     assert!(store.virtual_ips.is_empty());
     assert_eq!(events.iter().filter(|e| matches!(e, crate::store::Event::Deleted(Object::VirtualIp(_)))).count(), 254);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ingress network: the routing mesh for published ports.
+
+fn ingress_network(id: &str) -> Box<Network> {
+    let mut network = network(id, "ingress", "");
+    network.ingress = true;
+    network
+}
+
+fn publishing(service: &mut crate::store::Service, ports: &[(u16, crate::store::PublishMode)]) {
+    service.spec.endpoint.ports = ports
+        .iter()
+        .map(|(published, mode)| crate::store::PortConfig { target: 80, published: *published, mode: *mode, ..Default::default() })
+        .collect();
+}
+
+#[test]
+fn a_task_is_on_the_ingress_network_when_its_spec_publishes_ports() {
+    use crate::store::PublishMode::{Host, Ingress};
+    let mut store = bootstrapped();
+    apply(&mut store, 2, Op::CreateNetwork(network("n1", "blue", "")));
+    let mut service = service_on("s1", &["n1"]);
+    assert_eq!(task_network_ids(&store, &service.spec), ["n1"], "no ingress network yet");
+    publishing(&mut service, &[(8080, Ingress)]);
+    assert_eq!(task_network_ids(&store, &service.spec), ["n1"], "no ingress network yet");
+    apply(&mut store, 3, Op::CreateNetwork(ingress_network("in")));
+    assert_eq!(task_network_ids(&store, &service.spec), ["n1", "in"]);
+    publishing(&mut service, &[(8080, Host)]);
+    assert_eq!(task_network_ids(&store, &service.spec), ["n1", "in"], "host mode too");
+    let listed = service_on("s2", &["in", "n1"]);
+    let mut listed_spec = listed.spec.clone();
+    listed_spec.endpoint.ports = service.spec.endpoint.ports.clone();
+    assert_eq!(task_network_ids(&store, &listed_spec), ["in", "n1"], "not twice");
+    assert_eq!(task_network_ids(&store, &service_on("s3", &["n1"]).spec), ["n1"], "no ports, no ingress");
+
+    // One ingress network only; it is the routing mesh.
+    let mut second = ingress_network("in2");
+    second.name = "mesh".into();
+    let second = apply(&mut store, 4, Op::CreateNetwork(second));
+    let Response::Rejected(StoreError::Invalid(message)) = second else { panic!("{second:?}") };
+    assert!(message.contains("already an ingress network"), "{message}");
+    assert_eq!(store.networks["in"].subnet, "10.2.0.0/16", "from the pool like any other");
+    assert_eq!(store.networks["in"].vni, 4097);
+}
+
+#[test]
+fn every_ready_node_leases_the_ingress_network_while_an_ingress_port_is_published() {
+    use crate::store::PublishMode::{Host, Ingress};
+    let mut store = bootstrapped();
+    let mut down = node("w2", "10.0.0.3");
+    down.state = NodeState::Down;
+    apply_changes(
+        &mut store,
+        2,
+        vec![Change::Create(Object::Node(node("w1", "10.0.0.2"))), Change::Create(Object::Node(down))],
+    );
+    apply(&mut store, 3, Op::CreateNetwork(ingress_network("in")));
+    let ingress_leases = |store: &Store| -> BTreeSet<String> {
+        needed_leases(store).into_iter().filter(|(n, _)| n == "in").map(|(_, node)| node).collect()
+    };
+    // Host mode only: just the nodes running its tasks.
+    let mut host = service_on("s1", &[]);
+    publishing(&mut host, &[(8080, Host)]);
+    apply_changes(
+        &mut store,
+        4,
+        vec![
+            Change::Create(Object::Service(host.clone())),
+            Change::Create(Object::Task(task_on("t1", &host, "w2", TaskState::Running))),
+        ],
+    );
+    assert_eq!(ingress_leases(&store), BTreeSet::from(["w2".to_string()]));
+    // An ingress port: every READY node (m1 and w1), and w2 for its task.
+    let mut mesh = service_on("s2", &[]);
+    publishing(&mut mesh, &[(9090, Ingress)]);
+    apply_changes(&mut store, 5, vec![Change::Create(Object::Service(mesh))]);
+    let all = BTreeSet::from(["m1".to_string(), "w1".to_string(), "w2".to_string()]);
+    assert_eq!(ingress_leases(&store), all);
+    let plan = plan_leases(&store);
+    assert_eq!(plan.len(), 3, "{plan:?}");
+    apply_changes(&mut store, 6, plan);
+    assert!(plan_leases(&store).is_empty(), "converged");
+    assert!(plan_vips(&store).is_empty(), "no virtual IP on the ingress network");
+
+    // The ingress network cannot go while a service publishes ports.
+    let refused = apply(&mut store, 7, Op::RemoveNetwork { id: "in".into() });
+    let Response::Rejected(StoreError::InUse(message)) = refused else { panic!("{refused:?}") };
+    assert!(message.contains("the routing mesh is in use by services svc-s1, svc-s2"), "{message}");
+
+    // No ingress port left: the leases go but the task's.
+    apply_changes(&mut store, 8, vec![Change::Delete { kind: Kind::Service, id: "s2".into(), expected_version: None }]);
+    let plan = plan_leases(&store);
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    apply_changes(&mut store, 9, plan);
+    let holders: BTreeSet<&str> = store.subnet_leases.values().map(|l| l.node_id.as_str()).collect();
+    assert_eq!(holders, BTreeSet::from(["w2"]));
+}
+
+#[test]
+fn the_store_refuses_a_port_another_service_holds() {
+    use crate::store::PublishMode::{Host, Ingress};
+    let mut store = bootstrapped();
+    let mut web = service_on("s1", &[]);
+    publishing(&mut web, &[(8080, Ingress)]);
+    apply_changes(&mut store, 2, vec![Change::Create(Object::Service(web.clone()))]);
+    let mut other = service_on("s2", &[]);
+    publishing(&mut other, &[(8080, Host)]);
+    let refused = apply(&mut store, 3, Op::Batch(vec![Change::Create(Object::Service(other))]));
+    let Response::Rejected(StoreError::Invalid(message)) = refused else { panic!("{refused:?}") };
+    assert!(message.contains("spec.endpoint.ports[0].published") && message.contains("svc-s1"), "{message}");
+    // The service itself may be written again.
+    apply_changes(&mut store, 4, vec![Change::Update { object: Object::Service(web), expected_version: None }]);
+}
+
+#[test]
+fn services_get_no_virtual_ip_on_an_ingress_network_they_list() {
+    let mut store = bootstrapped();
+    apply(&mut store, 2, Op::CreateNetwork(ingress_network("in")));
+    apply(&mut store, 3, Op::CreateNetwork(network("n1", "blue", "")));
+    apply_changes(&mut store, 4, vec![Change::Create(Object::Service(service_on("s1", &["in", "n1"])))]);
+    let plan = plan_vips(&store);
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    assert!(matches!(&plan[0], Change::Create(Object::VirtualIp(v)) if v.network_id == "n1"));
 }

@@ -43,7 +43,8 @@ pub enum Op {
     /// one from the cluster's address pool) and allocates the VNI, so that concurrent creates
     /// never collide. Nothing is written when it is refused.
     CreateNetwork(Box<Network>),
-    /// Removes a network, its leases and virtual IPs; refused while a service uses it.
+    /// Removes a network, its leases and virtual IPs; refused while a service uses it (for the
+    /// ingress network: while a service publishes ports).
     RemoveNetwork { id: String },
 }
 
@@ -221,6 +222,9 @@ impl Store {
         if self.networks.values().any(|n| n.name == network.name) {
             return Err(StoreError::NameInUse { kind: Kind::Network.as_str().into(), name: network.name.clone() });
         }
+        if network.ingress && let Some(ingress) = self.networks.values().find(|n| n.ingress) {
+            return Err(StoreError::Invalid(format!("there is already an ingress network ({})", ingress.name)));
+        }
         let taken = crate::ipam::network_subnets(self);
         let hosts = crate::ipam::host_ips(self);
         let subnet = if network.subnet.is_empty() {
@@ -253,6 +257,25 @@ impl Store {
 
     fn remove_network(&mut self, id: &str, events: &mut Vec<Event>) -> Result<Response, StoreError> {
         let network = self.networks.get(id).ok_or_else(|| not_found(Kind::Network, id))?;
+        if network.ingress {
+            let mut publishers: Vec<&str> = self
+                .services
+                .values()
+                .filter(|s| !s.spec.endpoint.ports.is_empty())
+                .map(|s| s.name.as_str())
+                .collect();
+            publishers.sort_unstable();
+            if !publishers.is_empty() {
+                return Err(StoreError::InUse(format!(
+                    "network {}: the routing mesh is in use by service{} {} (published ports): remove {} or unpublish {} ports first",
+                    network.name,
+                    if publishers.len() == 1 { "" } else { "s" },
+                    publishers.join(", "),
+                    if publishers.len() == 1 { "it" } else { "them" },
+                    if publishers.len() == 1 { "its" } else { "their" },
+                )));
+            }
+        }
         let users: Vec<&str> = self
             .services
             .values()
@@ -289,7 +312,8 @@ impl Store {
         Ok(Response::Ok)
     }
 
-    /// A service may only name networks that exist.
+    /// A service may only name networks that exist, and publish no port another service holds
+    /// (see [`crate::ipam::ports::check_conflicts`]).
     fn check_references(&self, object: &Object) -> Result<(), StoreError> {
         if let Object::Service(service) = object {
             for (i, attachment) in service.spec.networks.iter().enumerate() {
@@ -300,6 +324,8 @@ impl Store {
                     )));
                 }
             }
+            crate::ipam::ports::check_conflicts(self, &service.meta.id, &service.spec)
+                .map_err(|e| StoreError::Invalid(format!("invalid service spec: {e}")))?;
         }
         Ok(())
     }

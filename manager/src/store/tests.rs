@@ -22,6 +22,7 @@ fn network(id: &str, name: &str) -> Object {
         vni: 4097,
         attachable: false,
         driver: "overlay".into(),
+        ingress: false,
     })
 }
 

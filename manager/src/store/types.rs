@@ -160,6 +160,9 @@ pub struct Network {
     /// Always "overlay" for now.
     #[serde(default)]
     pub driver: String,
+    /// The routing mesh for published ports (the network `init` creates, named "ingress").
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 /// A secret or a config (same shape; secrets are encrypted at rest with the secrets issue).

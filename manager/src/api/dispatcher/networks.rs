@@ -1,10 +1,11 @@
 //! The overlay networks an agent is told about in its session: for every network the node holds
 //! a lease of, its own lease, the other hosts' leases (VxLAN routes) and the DNS records
-//! (services attached to the network, routable tasks with an address on it). Pure functions of
+//! (services attached to the network, routable tasks with an address on it). The ingress
+//! network's view also lists every service publishing ports, with its ports. Pure functions of
 //! the store, plus the per-session bookkeeping that decides when they are sent again.
 
-use crate::ipam::{node_ip, vip_id};
-use crate::store::{EndpointMode, Event, Object, ServiceMode, Store, TaskState};
+use crate::ipam::{node_ip, task_network_ids, vip_id};
+use crate::store::{EndpointMode, Event, Object, PublishMode, ServiceMode, Store, TaskState};
 use proto::v1 as pb;
 use std::collections::BTreeMap;
 
@@ -28,6 +29,7 @@ pub fn network_views(store: &Store, node_id: &str) -> Vec<pb::NetworkView> {
                     vni: network.vni,
                     subnet: network.subnet.clone(),
                     lease: lease.subnet.clone(),
+                    ingress: network.ingress,
                     ..Default::default()
                 },
             ))
@@ -49,16 +51,24 @@ pub fn network_views(store: &Store, node_id: &str) -> Vec<pb::NetworkView> {
         });
     }
     for service in store.services.values() {
-        for attachment in &service.spec.networks {
-            let Some(view) = views.get_mut(attachment.network_id.as_str()) else { continue };
+        for network_id in task_network_ids(store, &service.spec) {
+            let Some(view) = views.get_mut(network_id.as_str()) else { continue };
             let vip = match service.spec.endpoint.mode {
                 EndpointMode::Vip => store
                     .virtual_ips
-                    .get(&vip_id(&service.meta.id, &attachment.network_id))
+                    .get(&vip_id(&service.meta.id, &network_id))
                     .map(|v| v.address.clone())
                     .unwrap_or_default(),
                 EndpointMode::Dnsrr => String::new(),
             };
+            let aliases = service
+                .spec
+                .networks
+                .iter()
+                .find(|a| a.network_id == network_id)
+                .map(|a| a.aliases.clone())
+                .unwrap_or_default();
+            let ports = if view.ingress { ports_to_proto(&service.spec.endpoint.ports) } else { Vec::new() };
             view.services.push(pb::DnsService {
                 id: service.meta.id.clone(),
                 name: service.name.clone(),
@@ -69,16 +79,18 @@ pub fn network_views(store: &Store, node_id: &str) -> Vec<pb::NetworkView> {
                 }
                 .into(),
                 vip,
-                aliases: attachment.aliases.clone(),
+                aliases,
+                ports,
             });
         }
     }
     let routable = store.tasks.values().filter(|t| t.status.state == TaskState::Running && t.is_live());
     for task in routable {
         let Some(service) = store.services.get(&task.service_id) else { continue };
+        let on = task_network_ids(store, &service.spec);
         for (network_id, address) in &task.status.addresses {
             let Some(view) = views.get_mut(network_id.as_str()) else { continue };
-            if !service.spec.networks.iter().any(|a| a.network_id == *network_id) {
+            if !on.contains(network_id) {
                 continue;
             }
             let mut names = vec![task_name(&service.name, task)];
@@ -98,6 +110,24 @@ pub fn network_views(store: &Store, node_id: &str) -> Vec<pb::NetworkView> {
         .map(|mut view| {
             view.services.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
             view
+        })
+        .collect()
+}
+
+/// A service's published ports for the ingress network's view (ingress ports published as 0
+/// never reach the store: the port is chosen at create/update).
+fn ports_to_proto(ports: &[crate::store::PortConfig]) -> Vec<pb::PortConfig> {
+    ports
+        .iter()
+        .map(|p| pb::PortConfig {
+            target: u32::from(p.target),
+            published: u32::from(p.published),
+            protocol: p.protocol.as_str().into(),
+            mode: match p.mode {
+                PublishMode::Ingress => "ingress",
+                PublishMode::Host => "host",
+            }
+            .into(),
         })
         .collect()
 }
@@ -211,6 +241,7 @@ mod tests {
             vni,
             attachable: false,
             driver: "overlay".into(),
+            ingress: false,
         }
     }
 
@@ -378,6 +409,63 @@ mod tests {
         assert_eq!(tasks, [("t5", "10.30.0.5"), ("t6", "10.30.0.6")]);
         let n1_peers: Vec<&str> = views[0].peers.iter().map(|p| p.node_id.as_str()).collect();
         assert_eq!(n1_peers, ["a"]);
+    }
+
+    /// [`cluster`] plus the ingress network (leased to a and d), web publishing 8080 in
+    /// ingress mode and 9090 in host mode, and lone (not publishing) attached to it explicitly.
+    fn cluster_with_ingress() -> Store {
+        use crate::store::{PortConfig, Protocol};
+        let mut store = cluster();
+        let mut ingress = network("in", "10.0.0.0/16", 4100);
+        ingress.name = "ingress".into();
+        ingress.ingress = true;
+        store.networks.insert(ingress.meta.id.clone(), ingress);
+        for l in [lease("in", "a", "10.0.0.0/24"), lease("in", "d", "10.0.1.0/24")] {
+            store.subnet_leases.insert(l.meta.id.clone(), l);
+        }
+        let web = store.services.get_mut("s-web").unwrap();
+        web.spec.endpoint.ports = vec![
+            PortConfig { target: 80, published: 8080, protocol: Protocol::Tcp, mode: PublishMode::Ingress },
+            PortConfig { target: 53, published: 9090, protocol: Protocol::Udp, mode: PublishMode::Host },
+        ];
+        let lone = store.services.get_mut("s-lone").unwrap();
+        lone.spec.networks.push(NetworkAttachment { network_id: "in".into(), aliases: vec!["solo".into()] });
+        let t1 = store.tasks.get_mut("t1").unwrap();
+        t1.status.addresses.insert("in".into(), "10.0.0.2".into());
+        let t6 = store.tasks.get_mut("t6").unwrap();
+        t6.status.addresses.insert("in".into(), "10.0.1.6".into());
+        store
+    }
+
+    #[test]
+    fn the_ingress_view_lists_the_publishing_services_with_their_ports() {
+        let store = cluster_with_ingress();
+        let views = network_views(&store, "d");
+        assert_eq!(views.len(), 1, "a lease of the ingress network only");
+        let view = &views[0];
+        assert!(view.ingress);
+        assert_eq!((view.name.as_str(), view.lease.as_str()), ("ingress", "10.0.1.0/24"));
+        let peers: Vec<&str> = view.peers.iter().map(|p| p.node_id.as_str()).collect();
+        assert_eq!(peers, ["a"]);
+        let services: Vec<(&str, &str, Vec<String>)> =
+            view.services.iter().map(|s| (s.name.as_str(), s.vip.as_str(), s.aliases.clone())).collect();
+        assert_eq!(services, [("lone", "", vec!["solo".to_string()]), ("web", "", vec![])], "no VIP on ingress");
+        let ports: Vec<(u32, u32, &str, &str)> = view.services[1]
+            .ports
+            .iter()
+            .map(|p| (p.target, p.published, p.protocol.as_str(), p.mode.as_str()))
+            .collect();
+        assert_eq!(ports, [(80, 8080, "tcp", "ingress"), (53, 9090, "udp", "host")]);
+        assert!(view.services[0].ports.is_empty());
+        let tasks: Vec<(&str, &str)> = view.tasks.iter().map(|t| (t.id.as_str(), t.address.as_str())).collect();
+        assert_eq!(tasks, [("t1", "10.0.0.2"), ("t6", "10.0.1.6")]);
+
+        // Other networks' views carry no ports and are not ingress.
+        let views = network_views(&store, "a");
+        let ids: Vec<&str> = views.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, ["in", "n1"]);
+        assert!(!views[1].ingress);
+        assert!(views[1].services.iter().all(|s| s.ports.is_empty()));
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct Report {
 
 /// Parses and checks the reports of `node_id`'s agent: every task must be assigned to that
 /// node (tasks no longer in the store are skipped: they were removed meanwhile), and every
-/// address must be IPv4 and on a network of the task's spec.
+/// address must be IPv4 and on a network the task is on (its spec's, and the ingress network
+/// when it publishes ports).
 pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> Result<Vec<Report>, Status> {
     let mut reports = Vec::with_capacity(updates.len());
     for (i, update) in updates.into_iter().enumerate() {
@@ -47,8 +48,8 @@ pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> R
             )));
         }
         let field = format!("updates[{i}].addresses");
-        let addresses =
-            addresses_from_proto(&update.addresses, &task.spec.networks, &field).map_err(Status::invalid_argument)?;
+        let attached = crate::ipam::task_network_ids(store, &task.spec);
+        let addresses = addresses_from_proto(&update.addresses, &attached, &field).map_err(Status::invalid_argument)?;
         reports.push(Report {
             node_id: node_id.to_string(),
             task_id: update.task_id,
@@ -255,6 +256,29 @@ mod tests {
         assert!(message.contains("updates[0].addresses[1]") && message.contains("n2"), "{message}");
         let ok = validate(&store, "a", vec![with_addresses("running", &[("n1", "10.0.0.2")])]).unwrap();
         assert_eq!(ok[0].addresses, BTreeMap::from([("n1".to_string(), "10.0.0.2".to_string())]));
+    }
+
+    #[test]
+    fn a_task_publishing_ports_reports_its_ingress_address() {
+        let mut store = store();
+        let ingress = crate::store::Network {
+            meta: Meta { id: "in".into(), ..Meta::default() },
+            name: "ingress".into(),
+            labels: Default::default(),
+            subnet: "10.0.0.0/16".into(),
+            vni: 4096,
+            attachable: false,
+            driver: "overlay".into(),
+            ingress: true,
+        };
+        store.networks.insert("in".into(), ingress);
+        let both = || with_addresses("running", &[("n1", "10.1.0.2"), ("in", "10.0.0.2")]);
+        let refused = validate(&store, "a", vec![both()]).unwrap_err();
+        assert!(refused.message().contains("updates[0].addresses[1]"), "no published port, not on ingress");
+        let port = crate::store::PortConfig { target: 80, published: 8080, ..Default::default() };
+        store.tasks.get_mut("t1").unwrap().spec.endpoint.ports.push(port);
+        let ok = validate(&store, "a", vec![both()]).unwrap();
+        assert_eq!(ok[0].addresses["in"], "10.0.0.2");
     }
 
     #[test]
