@@ -2,7 +2,8 @@
 # Installs what is needed, builds, and brings up a local multi-host cluster: three hosts, each a
 # network namespace with its own address (10.213.K.1-3), a registry preloaded with a busybox
 # image, a manager on host 1 and an agent on every host; then deploys an example service (six
-# busybox httpd replicas) and shows where its tasks run.
+# busybox httpd replicas on an overlay network, port 8080 published through the routing mesh),
+# shows where its tasks run and fetches its page from every host's address.
 # `scripts/quickstart.sh down` removes the lab (processes, containers, mounts, namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +26,24 @@ cluster() { ip netns exec "cl-$name-h1" "$bin/cluster" --config "$admin" "$@"; }
 echo
 cluster node ls
 echo
-cluster service create --name web --replicas 6 --timeout 60s "$image" httpd -f -p 8080
+cluster network create front
+cluster service create --name web --replicas 6 --network front \
+  --publish published=8080,target=8080 --timeout 60s "$image" \
+  sh -c 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www'
 echo
 cluster service ps web
+# The hosts' addresses: "lab NAME is up: 3 hosts, A.B.C.1..3".
+prefix=$(echo "$up" | sed -n 's/^lab .* is up: .* hosts, \([0-9.]*\.\)1\.\.[0-9]*$/\1/p')
+echo
+echo "Port 8080 of every host, fetched from host 1 (each answer names the task that served it):"
+for i in 1 2 3; do
+  page=""
+  for _ in $(seq 1 50); do
+    page=$(ip netns exec "cl-$name-h1" busybox timeout 3 wget -q -O - "http://${prefix}$i:8080/" 2>/dev/null) && break
+    sleep 0.2
+  done
+  echo "  http://${prefix}$i:8080/ -> ${page:-no answer}"
+done
 cat <<TXT
 
 The cluster is up. The CLI reaches the manager from inside the hosts' namespaces:

@@ -19,7 +19,9 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 /// An httpd on port 8080 whose index page is the container's hostname (its task's name), so a
 /// client sees which task answered.
-const WEB: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+/// It ends at once on SIGTERM (httpd as PID 1 would ignore it until the stop grace period).
+const WEB: &str = "mkdir -p /www && hostname > /www/index.html && httpd -p 8080 -h /www && \
+                   trap 'exit 0' TERM && while true; do sleep 1; done";
 
 /// The running tasks of `service`.
 fn running(list: &[Value]) -> Vec<&Value> {
@@ -113,12 +115,15 @@ fn overlay_leftovers(lab: &NetLab) -> Vec<String> {
                 found.push(format!("h{i}: {line}"));
             }
         }
-        let tables = lab
-            .exec_in(i, "nft", &["list", "tables"])
-            .expect("nft list tables");
-        let tables = String::from_utf8_lossy(&tables.stdout).trim().to_string();
-        if !tables.is_empty() {
-            found.push(format!("h{i}: nft {tables}"));
+        // Our tables, and the iptables FORWARD rules for the mesh link (iptables-nft may leave
+        // its own empty `filter` table behind: not ours).
+        let ruleset = lab
+            .exec_in(i, "nft", &["list", "ruleset"])
+            .expect("nft list ruleset");
+        for line in String::from_utf8_lossy(&ruleset.stdout).lines() {
+            if line.contains("cluster_") || line.contains("cl-ingress") {
+                found.push(format!("h{i}: nft: {}", line.trim()));
+            }
         }
     }
     found
