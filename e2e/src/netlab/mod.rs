@@ -1042,6 +1042,19 @@ fn unescape_mount(s: &str) -> String {
     out
 }
 
+/// The namespace tags (`{node id:016x}`) of the agents that joined in lab dir `dir`.
+fn agent_node_tags(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("agent/agent.json")).ok())
+        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .filter_map(|v| v["node_id"].as_u64())
+        .map(|id| format!("{id:016x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,17 +1072,4 @@ mod tests {
         assert_eq!(unescape_mount("/tmp/a\\040b"), "/tmp/a b");
         assert_eq!(unescape_mount("/tmp/ab"), "/tmp/ab");
     }
-}
-
-/// The namespace tags (`{node id:016x}`) of the agents that joined in lab dir `dir`.
-fn agent_node_tags(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("agent/agent.json")).ok())
-        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .filter_map(|v| v["node_id"].as_u64())
-        .map(|id| format!("{id:016x}"))
-        .collect()
 }
