@@ -2,6 +2,7 @@
 //! credentials that `cluster-manager init` writes.
 
 mod commands;
+mod compose;
 mod connect;
 mod output;
 mod parse;

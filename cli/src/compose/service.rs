@@ -1,0 +1,614 @@
+//! One compose service -> the parts of a `ServiceSpec` it sets (the stack's names are applied
+//! later, in `ServiceDef::spec`).
+
+use proto::v1::{
+    EndpointSpec, Mount, Placement, PortConfig, ResourceAmounts, Resources, RestartPolicy,
+    ServiceMode, ServiceSpec,
+};
+use serde_norway::Value;
+
+use super::check::Check;
+use super::interpolate::parse_env_file;
+use super::locate::Path;
+use crate::parse::{duration_ms, parse_publish};
+
+/// The service keys read here.
+pub const SERVICE_KEYS: [&str; 14] = [
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "ports",
+    "networks",
+    "volumes",
+    "hostname",
+    "user",
+    "working_dir",
+    "labels",
+    "stop_grace_period",
+    "deploy",
+];
+
+/// Keys `docker stack deploy` ignores too: a warning, not an error.
+pub const SWARM_IGNORES: [&str; 11] = [
+    "build",
+    "cgroup_parent",
+    "container_name",
+    "depends_on",
+    "devices",
+    "external_links",
+    "links",
+    "network_mode",
+    "restart",
+    "security_opt",
+    "userns_mode",
+];
+
+/// Valid compose keys this cluster does not apply yet: a warning, so nothing passes silently.
+pub const NOT_YET: [&str; 27] = [
+    "healthcheck",
+    "secrets",
+    "configs",
+    "cap_add",
+    "cap_drop",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "expose",
+    "extra_hosts",
+    "init",
+    "ipc",
+    "isolation",
+    "logging",
+    "mac_address",
+    "pid",
+    "privileged",
+    "read_only",
+    "shm_size",
+    "stdin_open",
+    "stop_signal",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "credential_spec",
+];
+
+const DEPLOY_KEYS: [&str; 9] = [
+    "mode",
+    "replicas",
+    "resources",
+    "restart_policy",
+    "placement",
+    "endpoint_mode",
+    "labels",
+    "update_config",
+    "rollback_config",
+];
+
+/// A service as the file describes it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceDef {
+    /// Everything but the name, the networks and the stack's labels.
+    pub spec: ServiceSpec,
+    /// The `networks` key: (network key in the file, aliases); `None` when absent.
+    pub networks: Option<Vec<(String, Vec<String>)>>,
+    /// Named volumes used by the mounts (keys of the top-level `volumes`), per mount index.
+    pub named_volumes: Vec<(usize, String)>,
+}
+
+/// Sets `KEY=VALUE` in `env`, replacing an earlier value of KEY (keeping its place).
+fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+    let entry = format!("{key}={value}");
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
+    {
+        Some(slot) => *slot = entry,
+        None => env.push(entry),
+    }
+}
+
+impl Check<'_> {
+    /// Reads the service at `path`.
+    pub fn service(&mut self, value: &Value, path: &Path) -> ServiceDef {
+        let mut def = ServiceDef::default();
+        let spec = &mut def.spec;
+        let entries = self.mapping(value, path);
+        let mut env_files = Vec::new();
+        let mut environment = None;
+        for (key, value) in &entries {
+            let p = path.key(key);
+            match key.as_str() {
+                "image" => spec.image = self.string(value, &p).unwrap_or_default(),
+                "command" => spec.command = self.command(value, &p).unwrap_or_default(),
+                "entrypoint" => spec.entrypoint = self.command(value, &p).unwrap_or_default(),
+                "environment" => environment = Some((*value, p)),
+                "env_file" => env_files = self.env_files(value, &p),
+                "ports" => {
+                    let ports = self.ports(value, &p);
+                    spec.endpoint
+                        .get_or_insert_with(EndpointSpec::default)
+                        .ports = ports;
+                }
+                "networks" => def.networks = Some(self.service_networks(value, &p)),
+                "volumes" => {
+                    let (mounts, named) = self.mounts(value, &p);
+                    spec.mounts = mounts;
+                    def.named_volumes = named;
+                }
+                "hostname" => spec.hostname = self.string(value, &p).unwrap_or_default(),
+                "user" => spec.user = self.string(value, &p).unwrap_or_default(),
+                "working_dir" => spec.workdir = self.string(value, &p).unwrap_or_default(),
+                "labels" => {
+                    spec.container_labels = self
+                        .key_values(value, &p)
+                        .into_iter()
+                        .map(|(k, v)| (k, v.unwrap_or_default()))
+                        .collect()
+                }
+                "stop_grace_period" => {
+                    spec.stop_grace_period_ms = self.duration(value, &p).map(duration_ms)
+                }
+                "deploy" => self.deploy(value, &p, spec),
+                k if k.starts_with("x-") => {}
+                k if SWARM_IGNORES.contains(&k) => {
+                    self.warn(&p, "ignored: swarm stacks do not use it (like docker)")
+                }
+                k if NOT_YET.contains(&k) => self.warn(&p, "not applied yet: ignored"),
+                _ => self.unknown(&p, &SERVICE_KEYS),
+            }
+        }
+        if spec.image.is_empty() && !entries.is_empty() {
+            self.error(path, "image is required (stacks build no images)");
+        } else if entries.is_empty() {
+            self.error(path, "a service needs at least an image");
+        }
+        // env_file entries first, in order; `environment` overrides them.
+        for (file, p) in env_files {
+            let full = self.resolve(&file);
+            match std::fs::read_to_string(&full) {
+                Ok(text) => match parse_env_file(&text) {
+                    Ok(vars) => {
+                        let mut vars: Vec<_> = vars.into_iter().collect();
+                        vars.sort();
+                        for (k, v) in vars {
+                            set_env(&mut def.spec.env, &k, &v);
+                        }
+                    }
+                    Err(e) => self.error(&p, format!("{}: {e}", full.display())),
+                },
+                Err(e) => self.error(&p, format!("cannot read {}: {e}", full.display())),
+            }
+        }
+        if let Some((value, p)) = environment {
+            for (key, val) in self.key_values(value, &p) {
+                // `KEY` alone takes its value from this environment; unset, it is left out.
+                let val = val.or_else(|| self.vars.get(&key).map(str::to_string));
+                if let Some(val) = val {
+                    set_env(&mut def.spec.env, &key, &val);
+                }
+            }
+        }
+        def
+    }
+
+    fn env_files(&mut self, value: &Value, path: &Path) -> Vec<(String, Path)> {
+        match value {
+            Value::String(s) => vec![(s.clone(), path.clone())],
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let p = path.index(i);
+                    let file = match item {
+                        Value::Mapping(_) => {
+                            let mut file = None;
+                            for (k, v) in self.mapping(item, &p) {
+                                match k.as_str() {
+                                    "path" => file = self.string(v, &p.key(&k)),
+                                    "required" => {
+                                        self.bool(v, &p.key(&k));
+                                    }
+                                    _ => self.unknown(&p.key(&k), &["path", "required"]),
+                                }
+                            }
+                            file
+                        }
+                        other => self.string(other, &p),
+                    };
+                    file.map(|f| (f, p))
+                })
+                .collect(),
+            other => {
+                self.invalid(path, other, "a file name or a list of them");
+                Vec::new()
+            }
+        }
+    }
+
+    fn ports(&mut self, value: &Value, path: &Path) -> Vec<PortConfig> {
+        let Value::Sequence(items) = value else {
+            self.invalid(path, value, "a list of ports");
+            return Vec::new();
+        };
+        let mut ports = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = path.index(i);
+            match item {
+                Value::String(_) | Value::Number(_) => {
+                    let text = self.string(item, &p).unwrap_or_default();
+                    match parse_publish(&text) {
+                        Ok(port) if !text.contains('=') => ports.push(port),
+                        Ok(_) => self.invalid(&p, item, "PUBLISHED:TARGET[/PROTOCOL]"),
+                        Err(e) => self.error(&p, e),
+                    }
+                }
+                Value::Mapping(_) => {
+                    if let Some(port) = self.long_port(item, &p) {
+                        ports.push(port);
+                    }
+                }
+                other => self.invalid(&p, other, "\"PUBLISHED:TARGET\" or a mapping"),
+            }
+        }
+        ports
+    }
+
+    fn port_number(&mut self, value: &Value, path: &Path, min: u64) -> Option<u32> {
+        let n = self.u64(value, path)?;
+        if n < min || n > 65535 {
+            self.invalid(path, value, &format!("a port number in {min}-65535"));
+            return None;
+        }
+        u32::try_from(n).ok()
+    }
+
+    fn long_port(&mut self, value: &Value, path: &Path) -> Option<PortConfig> {
+        const KEYS: [&str; 5] = ["target", "published", "protocol", "mode", "host_ip"];
+        let mut port = PortConfig::default();
+        let mut target = None;
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "target" => target = self.port_number(v, &p, 1),
+                "published" => port.published = self.port_number(v, &p, 0).unwrap_or(0),
+                "protocol" => {
+                    port.protocol = self
+                        .choice(v, &p, &["tcp", "udp", "sctp"])
+                        .unwrap_or_default()
+                }
+                "mode" => port.mode = self.choice(v, &p, &["ingress", "host"]).unwrap_or_default(),
+                "host_ip" | "name" | "app_protocol" => self.warn(&p, "not applied yet: ignored"),
+                k if k.starts_with("x-") => {}
+                _ => self.unknown(&p, &KEYS),
+            }
+        }
+        match target {
+            Some(t) => {
+                port.target = t;
+                Some(port)
+            }
+            None => {
+                if !self.errors.iter().any(|e| e.path == path.key("target")) {
+                    self.error(path, "target is required");
+                }
+                None
+            }
+        }
+    }
+
+    fn service_networks(&mut self, value: &Value, path: &Path) -> Vec<(String, Vec<String>)> {
+        match value {
+            Value::Sequence(_) => self
+                .strings(value, path, false)
+                .into_iter()
+                .map(|n| (n, Vec::new()))
+                .collect(),
+            Value::Mapping(_) => {
+                let mut out = Vec::new();
+                for (name, v) in self.mapping(value, path) {
+                    let p = path.key(&name);
+                    let mut aliases = Vec::new();
+                    for (key, item) in self.mapping(v, &p) {
+                        let kp = p.key(&key);
+                        match key.as_str() {
+                            "aliases" => aliases = self.strings(item, &kp, false),
+                            "ipv4_address" | "ipv6_address" | "link_local_ips" | "priority"
+                            | "driver_opts" | "mac_address" | "gw_priority" => {
+                                self.warn(&kp, "not applied yet: ignored")
+                            }
+                            k if k.starts_with("x-") => {}
+                            _ => self.unknown(&kp, &["aliases"]),
+                        }
+                    }
+                    out.push((name, aliases));
+                }
+                out
+            }
+            other => {
+                self.invalid(path, other, "a list of networks or a mapping");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Service `volumes`: the mounts, and which of them name a top-level volume.
+    fn mounts(&mut self, value: &Value, path: &Path) -> (Vec<Mount>, Vec<(usize, String)>) {
+        let Value::Sequence(items) = value else {
+            self.invalid(path, value, "a list of volumes");
+            return (Vec::new(), Vec::new());
+        };
+        let mut mounts = Vec::new();
+        let mut named = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = path.index(i);
+            let mount = match item {
+                Value::String(text) => self.short_mount(text, &p),
+                Value::Mapping(_) => self.long_mount(item, &p),
+                other => {
+                    self.invalid(&p, other, "\"SOURCE:TARGET[:ro]\" or a mapping");
+                    None
+                }
+            };
+            let Some(mut mount) = mount else { continue };
+            if !mount.target.starts_with('/') {
+                self.error(
+                    &p,
+                    format!("the target {:?} is not an absolute path", mount.target),
+                );
+                continue;
+            }
+            if mount.r#type == "bind" {
+                mount.source = self.resolve(&mount.source).display().to_string();
+            }
+            if mount.r#type == "volume" && !mount.source.is_empty() {
+                named.push((mounts.len(), mount.source.clone()));
+            }
+            mounts.push(mount);
+        }
+        (mounts, named)
+    }
+
+    fn short_mount(&mut self, text: &str, path: &Path) -> Option<Mount> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, target, options) = match parts.as_slice() {
+            [target] => ("", *target, ""),
+            [source, target] => (*source, *target, ""),
+            [source, target, options] => (*source, *target, *options),
+            _ => {
+                self.error(
+                    path,
+                    format!("invalid volume {text:?}: expected [SOURCE:]TARGET[:ro]"),
+                );
+                return None;
+            }
+        };
+        let mut readonly = false;
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            match option {
+                "ro" => readonly = true,
+                "rw" => readonly = false,
+                "z" | "Z" | "nocopy" | "cached" | "delegated" | "consistent" => {}
+                other => {
+                    self.error(
+                        path,
+                        format!("invalid volume {text:?}: unknown option {other:?}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        let bind = source.starts_with('/') || source.starts_with('.') || source.starts_with('~');
+        Some(Mount {
+            r#type: if bind { "bind" } else { "volume" }.to_string(),
+            source: source.to_string(),
+            target: target.to_string(),
+            readonly,
+            tmpfs_size_bytes: 0,
+        })
+    }
+
+    fn long_mount(&mut self, value: &Value, path: &Path) -> Option<Mount> {
+        const KEYS: [&str; 8] = [
+            "type",
+            "source",
+            "target",
+            "read_only",
+            "bind",
+            "volume",
+            "tmpfs",
+            "consistency",
+        ];
+        let mut mount = Mount::default();
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "type" => {
+                    mount.r#type = self.choice(v, &p, &["volume", "bind", "tmpfs"])?;
+                }
+                "source" => mount.source = self.string(v, &p).unwrap_or_default(),
+                "target" => mount.target = self.string(v, &p).unwrap_or_default(),
+                "read_only" => mount.readonly = self.bool(v, &p).unwrap_or(false),
+                "tmpfs" => {
+                    for (k, item) in self.mapping(v, &p) {
+                        match k.as_str() {
+                            "size" => {
+                                mount.tmpfs_size_bytes = self.memory(item, &p.key(&k)).unwrap_or(0)
+                            }
+                            "mode" => self.warn(&p.key(&k), "not applied yet: ignored"),
+                            _ => self.unknown(&p.key(&k), &["size", "mode"]),
+                        }
+                    }
+                }
+                "bind" | "volume" => {
+                    for (k, _) in self.mapping(v, &p) {
+                        self.warn(&p.key(&k), "not applied yet: ignored");
+                    }
+                }
+                "consistency" => {}
+                k if k.starts_with("x-") => {}
+                _ => self.unknown(&p, &KEYS),
+            }
+        }
+        if mount.r#type.is_empty() {
+            self.error(path, "type is required (volume, bind or tmpfs)");
+            return None;
+        }
+        if mount.target.is_empty() {
+            self.error(path, "target is required");
+            return None;
+        }
+        match mount.r#type.as_str() {
+            "bind" if mount.source.is_empty() => {
+                self.error(path, "a bind mount needs a source");
+                None
+            }
+            "tmpfs" if !mount.source.is_empty() => {
+                self.error(&path.key("source"), "a tmpfs mount has no source");
+                None
+            }
+            _ => Some(mount),
+        }
+    }
+
+    fn deploy(&mut self, value: &Value, path: &Path, spec: &mut ServiceSpec) {
+        let mut kind = None;
+        let mut replicas = None;
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "mode" => {
+                    kind = self
+                        .choice(
+                            v,
+                            &p,
+                            &["replicated", "global", "replicated-job", "global-job"],
+                        )
+                        .map(|k| (k, p.clone()))
+                }
+                "replicas" => replicas = self.u64(v, &p).map(|r| (r, p.clone())),
+                "resources" => spec.resources = self.resources(v, &p),
+                "restart_policy" => spec.restart = self.restart_policy(v, &p),
+                "placement" => spec.placement = self.placement(v, &p),
+                "endpoint_mode" => {
+                    if let Some(mode) = self.choice(v, &p, &["vip", "dnsrr"]) {
+                        spec.endpoint.get_or_insert_with(EndpointSpec::default).mode = mode;
+                    }
+                }
+                "labels" => {
+                    spec.labels = self
+                        .key_values(v, &p)
+                        .into_iter()
+                        .map(|(k, v)| (k, v.unwrap_or_default()))
+                        .collect()
+                }
+                "update_config" | "rollback_config" => self.warn(
+                    &p,
+                    "not applied yet: ignored (updates use the cluster's defaults)",
+                ),
+                k if k.starts_with("x-") => {}
+                _ => self.unknown(&p, &DEPLOY_KEYS),
+            }
+        }
+        if let (Some((kind, _)), Some((_, p))) = (&kind, &replicas)
+            && kind.starts_with("global")
+        {
+            self.error(p, format!("replicas cannot be used with mode {kind}"));
+        }
+        if kind.is_some() || replicas.is_some() {
+            spec.mode = Some(ServiceMode {
+                kind: kind
+                    .map(|(k, _)| k)
+                    .unwrap_or_else(|| "replicated".to_string()),
+                replicas: replicas.map(|(r, _)| r),
+                max_concurrent: 0,
+            });
+        }
+    }
+
+    fn amounts(&mut self, value: &Value, path: &Path, limits: bool) -> Option<ResourceAmounts> {
+        let mut amounts = ResourceAmounts::default();
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "cpus" => amounts.nano_cpus = self.cpus(v, &p).unwrap_or(0),
+                "memory" => amounts.memory_bytes = self.memory(v, &p).unwrap_or(0),
+                "pids" if limits => amounts.pids = self.u64(v, &p).unwrap_or(0),
+                "generic_resources" | "devices" if !limits => {
+                    self.warn(&p, "not applied yet: ignored")
+                }
+                _ if limits => self.unknown(&p, &["cpus", "memory", "pids"]),
+                _ => self.unknown(&p, &["cpus", "memory", "generic_resources", "devices"]),
+            }
+        }
+        Some(amounts)
+    }
+
+    fn resources(&mut self, value: &Value, path: &Path) -> Option<Resources> {
+        let mut resources = Resources::default();
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "limits" => resources.limits = self.amounts(v, &p, true),
+                "reservations" => resources.reservations = self.amounts(v, &p, false),
+                _ => self.unknown(&p, &["limits", "reservations"]),
+            }
+        }
+        Some(resources)
+    }
+
+    fn restart_policy(&mut self, value: &Value, path: &Path) -> Option<RestartPolicy> {
+        let mut policy = RestartPolicy::default();
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "condition" => {
+                    policy.condition = self
+                        .choice(v, &p, &["none", "on-failure", "any"])
+                        .unwrap_or_default()
+                }
+                "delay" => policy.delay_ms = self.duration(v, &p).map(duration_ms),
+                "max_attempts" => policy.max_attempts = self.u64(v, &p).unwrap_or(0),
+                "window" => policy.window_ms = self.duration(v, &p).map_or(0, duration_ms),
+                _ => self.unknown(&p, &["condition", "delay", "max_attempts", "window"]),
+            }
+        }
+        Some(policy)
+    }
+
+    fn placement(&mut self, value: &Value, path: &Path) -> Option<Placement> {
+        let mut placement = Placement::default();
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "constraints" => placement.constraints = self.strings(v, &p, false),
+                "preferences" => {
+                    let Value::Sequence(items) = v else {
+                        self.invalid(&p, v, "a list of {spread: EXPR}");
+                        continue;
+                    };
+                    for (i, item) in items.iter().enumerate() {
+                        let ip = p.index(i);
+                        for (k, expr) in self.mapping(item, &ip) {
+                            if k == "spread" {
+                                if let Some(expr) = self.string(expr, &ip.key(&k)) {
+                                    placement.preferences.push(format!("spread={expr}"));
+                                }
+                            } else {
+                                self.unknown(&ip.key(&k), &["spread"]);
+                            }
+                        }
+                    }
+                }
+                "max_replicas_per_node" => {
+                    placement.max_replicas_per_node = self.u64(v, &p).unwrap_or(0)
+                }
+                _ => self.unknown(&p, &["constraints", "preferences", "max_replicas_per_node"]),
+            }
+        }
+        Some(placement)
+    }
+}
