@@ -18,6 +18,7 @@ use commands::lab::LabCommand;
 use commands::network::NetworkCommand;
 use commands::node::NodeCommand;
 use commands::service::ServiceCommand;
+use commands::stack::StackCommand;
 use connect::Target;
 use output::Reported;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Deploy and manage stacks of services from compose files.
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// Show or rotate the tokens nodes join with.
     JoinToken(JoinTokenArgs),
     /// Show the cluster, its Raft state and its managers.
@@ -65,6 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(command) => commands::node::run(command, &target).await,
         Command::Service(command) => commands::service::run(command, &target).await,
         Command::Network(command) => commands::network::run(command, &target).await,
+        Command::Stack(command) => commands::stack::run(command, &target).await,
         Command::JoinToken(args) => commands::join_token::run(args, &target).await,
         Command::Info(args) => commands::info::run(args, &target).await,
         // Blocking work (processes, namespaces, waits): off the runtime's thread.

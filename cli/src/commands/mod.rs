@@ -9,6 +9,7 @@ mod node_view;
 pub mod service;
 mod service_logs;
 mod service_view;
+pub mod stack;
 mod task_list;
 
 use std::future::Future;

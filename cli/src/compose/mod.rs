@@ -21,6 +21,7 @@ pub mod interpolate;
 pub mod locate;
 pub mod merge;
 pub mod model;
+pub mod plan;
 pub mod service;
 #[cfg(test)]
 mod tests;

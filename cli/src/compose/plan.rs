@@ -1,0 +1,392 @@
+//! What `stack deploy` has to do: given the checked file and what the cluster holds, which
+//! networks to create, which services to create, update or leave alone, and (with `--prune`)
+//! which to remove. Pure, so that it is decided, and refused, before anything is written.
+
+use std::collections::HashMap;
+
+use proto::v1::{Network, NetworkSpec, Service, ServiceSpec};
+
+use super::model::{STACK_LABEL, StackDef};
+
+/// The networks of a deployment.
+#[derive(Debug, Default)]
+pub struct NetworkPlan {
+    /// (key in the file, spec) for the networks that do not exist yet.
+    pub create: Vec<(String, NetworkSpec)>,
+    /// Network key -> id, for those that exist.
+    pub ids: HashMap<String, String>,
+}
+
+/// What happens to one service.
+#[derive(Debug)]
+pub enum ServiceStep {
+    Create(ServiceSpec),
+    Update {
+        id: String,
+        version: u64,
+        spec: ServiceSpec,
+    },
+    Unchanged {
+        name: String,
+    },
+    Remove {
+        id: String,
+        name: String,
+    },
+}
+
+/// A name the cluster accepts: `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 63;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} name {name:?}: 1-63 characters of [a-zA-Z0-9_.-], starting with a \
+             letter or digit"
+        ))
+    }
+}
+
+/// Matches the stack's networks against the cluster's. Refuses names that would clash with a
+/// network of another stack (or of none) and external networks that do not exist.
+pub fn plan_networks(
+    def: &StackDef,
+    stack: &str,
+    existing: &[Network],
+) -> Result<NetworkPlan, Vec<String>> {
+    let mut plan = NetworkPlan::default();
+    let mut errors = Vec::new();
+    let by_name: HashMap<&str, &Network> = existing.iter().map(|n| (n.name.as_str(), n)).collect();
+    for (key, network) in &def.networks {
+        if network.external {
+            let name = def.network_name(stack, key);
+            match by_name.get(name.as_str()) {
+                Some(found) => {
+                    plan.ids.insert(key.clone(), found.id.clone());
+                }
+                None => errors.push(format!(
+                    "network {name:?} is declared as external, but the cluster has no network \
+                     of that name"
+                )),
+            }
+        }
+    }
+    for (key, spec) in def.network_specs(stack) {
+        if let Err(e) = check_name("network", &spec.name) {
+            errors.push(e);
+            continue;
+        }
+        match by_name.get(spec.name.as_str()) {
+            Some(found) if found.labels.get(STACK_LABEL).map(String::as_str) == Some(stack) => {
+                plan.ids.insert(key, found.id.clone());
+            }
+            Some(_) => errors.push(format!(
+                "network {:?} already exists and is not part of stack {stack:?}",
+                spec.name
+            )),
+            None => plan.create.push((key, spec)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Fills in what the manager fills in when it stores a spec, so that a stored spec and the one
+/// a file gives compare equal when they mean the same (see the defaults in cluster.proto).
+pub fn normalized(spec: &ServiceSpec) -> ServiceSpec {
+    let mut s = spec.clone();
+    let resources = s.resources.get_or_insert_with(Default::default);
+    resources.reservations.get_or_insert_with(Default::default);
+    resources.limits.get_or_insert_with(Default::default);
+    let restart = s.restart.get_or_insert_with(Default::default);
+    if restart.condition.is_empty() {
+        restart.condition = "any".to_string();
+    }
+    restart.delay_ms.get_or_insert(5_000);
+    s.placement.get_or_insert_with(Default::default);
+    let mode = s.mode.get_or_insert_with(Default::default);
+    if mode.kind.is_empty() {
+        mode.kind = "replicated".to_string();
+    }
+    if mode.kind == "replicated" || mode.kind == "replicated-job" {
+        mode.replicas.get_or_insert(1);
+    }
+    let endpoint = s.endpoint.get_or_insert_with(Default::default);
+    if endpoint.mode.is_empty() {
+        endpoint.mode = "vip".to_string();
+    }
+    for port in &mut endpoint.ports {
+        if port.protocol.is_empty() {
+            port.protocol = "tcp".to_string();
+        }
+        if port.mode.is_empty() {
+            port.mode = "ingress".to_string();
+        }
+    }
+    s.stop_grace_period_ms.get_or_insert(10_000);
+    s.task_history_limit.get_or_insert(5);
+    s
+}
+
+/// Whether deploying `desired` over `current` would change nothing: equal once normalised,
+/// where an image the manager pinned to a digest still matches its tag and an ingress port
+/// published as 0 matches the port the manager chose.
+pub fn unchanged(desired: &ServiceSpec, current: &ServiceSpec) -> bool {
+    let mut want = normalized(desired);
+    let have = normalized(current);
+    if have.image != want.image && have.image.starts_with(&format!("{}@", want.image)) {
+        want.image = have.image.clone();
+    }
+    if let (Some(w), Some(h)) = (&mut want.endpoint, &have.endpoint)
+        && w.ports.len() == h.ports.len()
+    {
+        for (w, h) in w.ports.iter_mut().zip(&h.ports) {
+            if w.published == 0 && w.mode == "ingress" {
+                w.published = h.published;
+            }
+        }
+    }
+    want == have
+}
+
+/// The services of `existing` that belong to `stack`, by name.
+fn stack_services<'a>(stack: &str, existing: &'a [Service]) -> HashMap<&'a str, &'a Service> {
+    existing
+        .iter()
+        .filter_map(|s| {
+            let spec = s.spec.as_ref()?;
+            (spec.labels.get(STACK_LABEL).map(String::as_str) == Some(stack))
+                .then_some((spec.name.as_str(), s))
+        })
+        .collect()
+}
+
+/// Decides each service's step. `network_ids` maps network keys to ids where known (names
+/// are used for networks still to be created). Refuses a mode change and a name taken by a
+/// service outside the stack.
+pub fn plan_services(
+    def: &StackDef,
+    stack: &str,
+    network_ids: &HashMap<String, String>,
+    existing: &[Service],
+    prune: bool,
+) -> Result<Vec<ServiceStep>, Vec<String>> {
+    let ours = stack_services(stack, existing);
+    let all: HashMap<&str, &Service> = existing
+        .iter()
+        .filter_map(|s| Some((s.spec.as_ref()?.name.as_str(), s)))
+        .collect();
+    let mut steps = Vec::new();
+    let mut errors = Vec::new();
+    for key in def.services.keys() {
+        let Some(spec) = def.service_spec(stack, key, network_ids) else {
+            continue;
+        };
+        if let Err(e) = check_name("service", &spec.name) {
+            errors.push(e);
+            continue;
+        }
+        match (ours.get(spec.name.as_str()), all.get(spec.name.as_str())) {
+            (Some(current), _) => {
+                let current_spec = current.spec.clone().unwrap_or_default();
+                let kind = |s: &ServiceSpec| normalized(s).mode.unwrap_or_default().kind;
+                if kind(&spec) != kind(&current_spec) {
+                    errors.push(format!(
+                        "service {}: the mode cannot change from {} to {}; remove the service \
+                         (or the stack) first",
+                        spec.name,
+                        kind(&current_spec),
+                        kind(&spec)
+                    ));
+                } else if unchanged(&spec, &current_spec) {
+                    steps.push(ServiceStep::Unchanged { name: spec.name });
+                } else {
+                    steps.push(ServiceStep::Update {
+                        id: current.id.clone(),
+                        version: current.version,
+                        spec,
+                    });
+                }
+            }
+            (None, Some(_)) => errors.push(format!(
+                "service {:?} already exists and is not part of stack {stack:?}",
+                spec.name
+            )),
+            (None, None) => steps.push(ServiceStep::Create(spec)),
+        }
+    }
+    if prune {
+        let mut gone: Vec<(&str, &Service)> = ours
+            .iter()
+            .filter(|(name, _)| {
+                !def.services
+                    .keys()
+                    .any(|k| format!("{stack}_{k}") == **name)
+            })
+            .map(|(n, s)| (*n, *s))
+            .collect();
+        gone.sort_by_key(|(n, _)| *n);
+        for (name, service) in gone {
+            steps.push(ServiceStep::Remove {
+                id: service.id.clone(),
+                name: name.to_string(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(steps)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path as FsPath;
+
+    use proto::v1::{EndpointSpec, PortConfig};
+
+    use super::*;
+    use crate::compose::interpolate::Vars;
+    use crate::compose::{Source, load};
+
+    fn stack(text: &str) -> StackDef {
+        let sources = [Source {
+            name: "s.yml".to_string(),
+            text: text.to_string(),
+        }];
+        load(&sources, &Vars::default(), FsPath::new("/"))
+            .unwrap()
+            .stack
+    }
+
+    const FILE: &str = "services:
+  web: {image: web, ports: ['80']}
+  db: {image: db, networks: [back]}
+networks:
+  back:
+";
+
+    /// What the manager would store for `spec`: defaults filled, the image pinned, the port
+    /// published and the network named by id.
+    fn stored(spec: &ServiceSpec, id: &str, network_ids: &HashMap<&str, &str>) -> Service {
+        let mut spec = normalized(spec);
+        spec.image = format!("{}@sha256:abc", spec.image);
+        for port in &mut spec.endpoint.as_mut().unwrap().ports {
+            port.published = 30000;
+        }
+        for n in &mut spec.networks {
+            n.target = network_ids[n.target.as_str()].to_string();
+        }
+        Service {
+            id: id.to_string(),
+            spec: Some(spec),
+            version: 7,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deploys_then_updates_only_what_changed() {
+        let def = stack(FILE);
+        let net = plan_networks(&def, "s", &[]).unwrap();
+        let names: Vec<&str> = net.create.iter().map(|(_, n)| n.name.as_str()).collect();
+        assert_eq!(names, ["s_back", "s_default"]);
+        let steps = plan_services(&def, "s", &net.ids, &[], false).unwrap();
+        assert!(steps.iter().all(|s| matches!(s, ServiceStep::Create(_))));
+        assert_eq!(steps.len(), 2);
+
+        // Deployed: the cluster holds the stored form.
+        let ids = HashMap::from([
+            ("back".to_string(), "N1".to_string()),
+            ("default".to_string(), "N2".to_string()),
+        ]);
+        let by_name = HashMap::from([("N1", "N1"), ("N2", "N2")]);
+        let existing: Vec<Service> = ["db", "web"]
+            .iter()
+            .map(|k| stored(&def.service_spec("s", k, &ids).unwrap(), k, &by_name))
+            .collect();
+        let steps = plan_services(&def, "s", &ids, &existing, false).unwrap();
+        assert!(
+            steps
+                .iter()
+                .all(|s| matches!(s, ServiceStep::Unchanged { .. })),
+            "{steps:?}"
+        );
+
+        // One change, and one service dropped from the file.
+        let def2 = stack("services:\n  web: {image: web:2, ports: ['80']}\n");
+        let steps = plan_services(&def2, "s", &ids, &existing, true).unwrap();
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        match &steps[0] {
+            ServiceStep::Update { id, version, spec } => {
+                assert_eq!(
+                    (id.as_str(), *version, spec.image.as_str()),
+                    ("web", 7, "web:2")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&steps[1], ServiceStep::Remove { name, .. } if name == "s_db"));
+    }
+
+    #[test]
+    fn refuses_clashes_and_mode_changes() {
+        let def = stack(FILE);
+        let foreign = Network {
+            id: "X".to_string(),
+            name: "s_back".to_string(),
+            ..Default::default()
+        };
+        let errs = plan_networks(&def, "s", &[foreign]).unwrap_err();
+        assert!(errs[0].contains("not part of stack"), "{errs:?}");
+
+        let other = Service {
+            id: "o".to_string(),
+            spec: Some(ServiceSpec {
+                name: "s_web".to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let errs = plan_services(&def, "s", &HashMap::new(), &[other], false).unwrap_err();
+        assert!(errs[0].contains("not part of stack"), "{errs:?}");
+
+        let global = stack("services:\n  web: {image: web, deploy: {mode: global}}\n");
+        let current = def.service_spec("s", "web", &HashMap::new()).unwrap();
+        let existing = [Service {
+            id: "w".to_string(),
+            spec: Some(current),
+            ..Default::default()
+        }];
+        let errs = plan_services(&global, "s", &HashMap::new(), &existing, false).unwrap_err();
+        assert!(errs[0].contains("mode cannot change"), "{errs:?}");
+        assert!(check_name("stack", &"x".repeat(70)).is_err());
+    }
+
+    #[test]
+    fn explicit_ports_must_match() {
+        let spec = ServiceSpec {
+            endpoint: Some(EndpointSpec {
+                mode: String::new(),
+                ports: vec![PortConfig {
+                    target: 80,
+                    published: 8080,
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        };
+        let mut other = normalized(&spec);
+        assert!(unchanged(&spec, &other));
+        other.endpoint.as_mut().unwrap().ports[0].published = 8081;
+        assert!(!unchanged(&spec, &other));
+    }
+}
