@@ -17,6 +17,7 @@ mod quorum;
 mod security;
 mod service_cli;
 mod service_logs;
+mod stack_cli;
 
 /// The node record the tests write labels on (the first manager, by hostname).
 pub const TARGET: &str = "m1";

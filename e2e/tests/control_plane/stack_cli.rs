@@ -1,0 +1,247 @@
+//! `cluster stack ...` against a real single-manager cluster (no agents: tasks stay pending, so
+//! deployments run with `-d`; no registry: `--no-resolve-image`).
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use e2e::{Lab, Tuning};
+
+const LABEL: &str = "com.docker.stack.namespace";
+
+const V1: &str = r#"
+version: "3.8"
+x-common: &common
+  image: busybox:1.36
+  deploy: {replicas: 2}
+services:
+  web:
+    <<: *common
+    command: httpd -f -p 80
+    ports: ["8080:80"]
+    networks:
+      front:
+        aliases: [www]
+  api:
+    <<: *common
+    environment:
+      - MODE=${MODE:-prod}
+    networks: [front, back]
+  db:
+    image: busybox:1.36
+    depends_on: [api]
+networks:
+  front:
+    attachable: true
+  back:
+    labels: {tier: back}
+"#;
+
+/// The data rows of a table (without the header).
+fn rows(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// `stack services --format json`, by service name.
+async fn services(lab: &Lab, stack: &str) -> Result<HashMap<String, serde_json::Value>> {
+    let out = lab
+        .cli(&["stack", "services", "--format", "json", stack])
+        .await?;
+    assert!(out.success, "stack services --format json: {out:?}");
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&out.stdout).with_context(|| format!("JSON:\n{}", out.stdout))?;
+    Ok(list
+        .into_iter()
+        .map(|s| {
+            (
+                s["spec"]["name"].as_str().unwrap_or_default().to_string(),
+                s,
+            )
+        })
+        .collect())
+}
+
+fn versions(services: &HashMap<String, serde_json::Value>) -> HashMap<String, u64> {
+    services
+        .iter()
+        .map(|(name, s)| (name.clone(), s["version"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+async fn network_names(lab: &Lab) -> Result<Vec<String>> {
+    let out = lab.cli(&["network", "ls"]).await?;
+    assert!(out.success, "network ls: {out:?}");
+    Ok(rows(&out.stdout)
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(1).map(str::to_string))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stack_cli_deploys_updates_prunes_and_removes() -> Result<()> {
+    let mut lab = Lab::cluster("stack-cli", 1, Tuning::fast()).await?;
+    let dir = lab.root().join("stack");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("docker-stack.yml");
+    let file_arg = file.display().to_string();
+    std::fs::write(&file, V1)?;
+    let deploy = ["stack", "deploy", "-d", "--no-resolve-image", "-c"];
+
+    // Deploy: three services, the two declared networks and shop_default (db has none).
+    let mut args = deploy.to_vec();
+    args.extend([file_arg.as_str(), "shop"]);
+    let out = lab.cli(&args).await?;
+    assert!(out.success, "stack deploy: {out:?}");
+    println!("{}{}", out.stdout, out.stderr);
+    for line in [
+        "Creating network shop_front",
+        "Creating network shop_back",
+        "Creating network shop_default",
+        "Creating service shop_web",
+        "Creating service shop_api",
+        "Creating service shop_db",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?}: {out:?}");
+    }
+    assert!(
+        out.stderr.contains("depends_on: ignored"),
+        "no warning for depends_on: {out:?}"
+    );
+
+    let out = lab.cli(&["stack", "services", "shop"]).await?;
+    assert!(out.success, "stack services: {out:?}");
+    println!("{}", out.stdout);
+    let names: Vec<&str> = rows(&out.stdout)
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(names, ["shop_api", "shop_db", "shop_web"], "{}", out.stdout);
+    assert!(out.stdout.contains("*:8080->80/tcp"), "{}", out.stdout);
+
+    let listed = services(&lab, "shop").await?;
+    for (name, service) in &listed {
+        assert_eq!(
+            service["spec"]["labels"][LABEL], "shop",
+            "{name}: {service}"
+        );
+    }
+    let web = &listed["shop_web"]["spec"];
+    assert_eq!(web["mode"]["replicas"], 2, "{web}");
+    assert_eq!(web["networks"][0]["aliases"][0], "www", "{web}");
+    assert_eq!(listed["shop_api"]["spec"]["env"][0], "MODE=prod");
+    let before = versions(&listed);
+
+    let networks = network_names(&lab).await?;
+    for name in ["shop_front", "shop_back", "shop_default"] {
+        assert!(
+            networks.iter().any(|n| n == name),
+            "no {name}: {networks:?}"
+        );
+    }
+    let out = lab.cli(&["stack", "ls"]).await?;
+    assert!(out.success, "stack ls: {out:?}");
+    let cols: Vec<Vec<&str>> = rows(&out.stdout)
+        .iter()
+        .map(|r| r.split_whitespace().collect())
+        .collect();
+    assert_eq!(cols, [vec!["shop", "3"]], "{}", out.stdout);
+    let out = lab.cli(&["stack", "ps", "shop"]).await?;
+    assert!(out.success, "stack ps: {out:?}");
+    assert_eq!(rows(&out.stdout).len(), 5, "{}", out.stdout);
+
+    // Re-deploy with one change: only web is updated.
+    std::fs::write(
+        &file,
+        V1.replace("command: httpd -f -p 80", "command: httpd -f -p 81"),
+    )?;
+    let out = lab.cli(&args).await?;
+    assert!(out.success, "stack deploy (update): {out:?}");
+    println!("{}", out.stdout);
+    assert!(out.stdout.contains("Updating service shop_web"), "{out:?}");
+    assert!(
+        out.stdout.contains("Service shop_api is unchanged"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("Service shop_db is unchanged"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("Creating"), "{out:?}");
+    let after = versions(&services(&lab, "shop").await?);
+    assert!(
+        after["shop_web"] > before["shop_web"],
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after["shop_api"], before["shop_api"],
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after["shop_db"], before["shop_db"],
+        "{before:?} -> {after:?}"
+    );
+
+    // --prune removes the service the file no longer has.
+    let without_db = V1
+        .replace("command: httpd -f -p 80", "command: httpd -f -p 81")
+        .replace(
+            "  db:\n    image: busybox:1.36\n    depends_on: [api]\n",
+            "",
+        );
+    std::fs::write(&file, without_db)?;
+    let mut pruning = args.clone();
+    pruning.insert(2, "--prune");
+    let out = lab.cli(&pruning).await?;
+    assert!(out.success, "stack deploy --prune: {out:?}");
+    assert!(out.stdout.contains("Removing service shop_db"), "{out:?}");
+    let left = services(&lab, "shop").await?;
+    let mut names: Vec<&String> = left.keys().collect();
+    names.sort();
+    assert_eq!(names, ["shop_api", "shop_web"]);
+    assert_eq!(versions(&left)["shop_web"], after["shop_web"]);
+
+    // A malformed file names file:line:column and creates nothing.
+    let bad = dir.join("bad.yml");
+    let bad_arg = bad.display().to_string();
+    std::fs::write(
+        &bad,
+        "services:\n  one:\n    image: busybox\n  two:\n    image: busybox\n    deploy:\n      replicas: many\n",
+    )?;
+    let mut bad_args = deploy.to_vec();
+    bad_args.extend([bad_arg.as_str(), "bad"]);
+    let out = lab.cli(&bad_args).await?;
+    assert!(!out.success, "the malformed file was accepted: {out:?}");
+    let place = format!("{bad_arg}:7:17: services.two.deploy.replicas");
+    assert!(out.stderr.contains(&place), "no {place:?}: {out:?}");
+    std::fs::write(&bad, "services:\n  one:\n    image: [busybox\n")?;
+    let out = lab.cli(&bad_args).await?;
+    assert!(!out.success, "the YAML syntax error was accepted: {out:?}");
+    assert!(out.stderr.contains(&format!("{bad_arg}:")), "{out:?}");
+    let out = lab.cli(&["stack", "ls"]).await?;
+    assert!(!out.stdout.contains("bad"), "{out:?}");
+    let networks = network_names(&lab).await?;
+    assert!(
+        !networks.iter().any(|n| n.starts_with("bad_")),
+        "{networks:?}"
+    );
+
+    // rm: the services, then the networks.
+    let out = lab.cli(&["stack", "rm", "shop"]).await?;
+    assert!(out.success, "stack rm: {out:?}");
+    println!("{}", out.stdout);
+    let out = lab.cli(&["service", "ls", "-q"]).await?;
+    assert!(out.stdout.trim().is_empty(), "services left: {out:?}");
+    let networks = network_names(&lab).await?;
+    assert!(
+        !networks.iter().any(|n| n.starts_with("shop_")),
+        "{networks:?}"
+    );
+    let out = lab.cli(&["stack", "ls"]).await?;
+    assert!(rows(&out.stdout).is_empty(), "{out:?}");
+
+    lab.passed();
+    Ok(())
+}
