@@ -70,9 +70,17 @@ impl<'a> Check<'a> {
 
     /// A key this level does not know.
     pub fn unknown(&mut self, path: &Path, known: &[&str]) {
+        let key = match path.0.last() {
+            Some(super::locate::Seg::Key(k)) => k.as_str(),
+            _ => "",
+        };
+        let message = match known.iter().find(|k| edit_distance(k, key) <= 2) {
+            Some(close) => format!("unknown key: did you mean {close:?}?"),
+            None => format!("unknown key (expected one of: {})", known.join(", ")),
+        };
         self.errors.push(AtPath {
             path: path.clone(),
-            message: format!("unknown key (expected one of: {})", known.join(", ")),
+            message,
             at_key: true,
         });
     }
@@ -282,6 +290,24 @@ impl<'a> Check<'a> {
         }
         out
     }
+}
+
+/// Levenshtein distance, for suggesting a key.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Splits a command line into words: whitespace separates, single quotes are literal, double

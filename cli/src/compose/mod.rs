@@ -17,6 +17,7 @@
 //! (error). All problems are collected in one pass, and nothing is created unless there are none.
 
 pub mod check;
+pub mod deploy;
 pub mod interpolate;
 pub mod locate;
 pub mod merge;

@@ -1,10 +1,7 @@
 //! One compose service -> the parts of a `ServiceSpec` it sets (the stack's names are applied
 //! later, in `ServiceDef::spec`).
 
-use proto::v1::{
-    EndpointSpec, Mount, Placement, PortConfig, ResourceAmounts, Resources, RestartPolicy,
-    ServiceMode, ServiceSpec,
-};
+use proto::v1::{EndpointSpec, Mount, PortConfig, ServiceSpec};
 use serde_norway::Value;
 
 use super::check::Check;
@@ -74,18 +71,6 @@ pub const NOT_YET: [&str; 27] = [
     "tty",
     "ulimits",
     "credential_spec",
-];
-
-const DEPLOY_KEYS: [&str; 9] = [
-    "mode",
-    "replicas",
-    "resources",
-    "restart_policy",
-    "placement",
-    "endpoint_mode",
-    "labels",
-    "update_config",
-    "rollback_config",
 ];
 
 /// A service as the file describes it.
@@ -160,6 +145,15 @@ impl Check<'_> {
                 k if NOT_YET.contains(&k) => self.warn(&p, "not applied yet: ignored"),
                 _ => self.unknown(&p, &SERVICE_KEYS),
             }
+        }
+        if let Some(endpoint) = &spec.endpoint
+            && endpoint.mode == "dnsrr"
+            && endpoint.ports.iter().any(|p| p.mode != "host")
+        {
+            self.error(
+                &path.key("deploy").key("endpoint_mode"),
+                "dnsrr has no virtual IP: published ports need mode: host",
+            );
         }
         if spec.image.is_empty() && !entries.is_empty() {
             self.error(path, "image is required (stacks build no images)");
@@ -253,7 +247,35 @@ impl Check<'_> {
                 }
                 other => self.invalid(&p, other, "\"PUBLISHED:TARGET\" or a mapping"),
             }
+            if ports.len() == i + 1 {
+                let new = &ports[i];
+                let protocol = |p: &PortConfig| {
+                    if p.protocol.is_empty() {
+                        "tcp".to_string()
+                    } else {
+                        p.protocol.clone()
+                    }
+                };
+                if new.published != 0
+                    && ports[..i]
+                        .iter()
+                        .any(|o| o.published == new.published && protocol(o) == protocol(new))
+                {
+                    self.error(
+                        &p,
+                        format!(
+                            "port {}/{} is published twice",
+                            new.published,
+                            protocol(new)
+                        ),
+                    );
+                }
+            } else {
+                // Keep indexes aligned with the file for the check above.
+                ports.push(PortConfig::default());
+            }
         }
+        ports.retain(|p| p.target != 0);
         ports
     }
 
@@ -315,7 +337,17 @@ impl Check<'_> {
                     for (key, item) in self.mapping(v, &p) {
                         let kp = p.key(&key);
                         match key.as_str() {
-                            "aliases" => aliases = self.strings(item, &kp, false),
+                            "aliases" => {
+                                aliases = self.strings(item, &kp, false);
+                                for (i, alias) in aliases.iter().enumerate() {
+                                    if super::plan::check_name("alias", alias).is_err() {
+                                        self.error(
+                                            &kp.index(i),
+                                            format!("invalid alias {alias:?}: 1-63 characters of [a-zA-Z0-9_.-], starting with a letter or digit"),
+                                        );
+                                    }
+                                }
+                            }
                             "ipv4_address" | "ipv6_address" | "link_local_ips" | "priority"
                             | "driver_opts" | "mac_address" | "gw_priority" => {
                                 self.warn(&kp, "not applied yet: ignored")
@@ -354,10 +386,20 @@ impl Check<'_> {
                 }
             };
             let Some(mut mount) = mount else { continue };
-            if !mount.target.starts_with('/') {
+            if !mount.target.starts_with('/') || mount.target == "/" {
                 self.error(
                     &p,
-                    format!("the target {:?} is not an absolute path", mount.target),
+                    format!(
+                        "the target {:?} is not an absolute path other than /",
+                        mount.target
+                    ),
+                );
+                continue;
+            }
+            if mounts.iter().any(|m: &Mount| m.target == mount.target) {
+                self.error(
+                    &p,
+                    format!("{} is the target of another volume", mount.target),
                 );
                 continue;
             }
@@ -472,143 +514,5 @@ impl Check<'_> {
             }
             _ => Some(mount),
         }
-    }
-
-    fn deploy(&mut self, value: &Value, path: &Path, spec: &mut ServiceSpec) {
-        let mut kind = None;
-        let mut replicas = None;
-        for (key, v) in self.mapping(value, path) {
-            let p = path.key(&key);
-            match key.as_str() {
-                "mode" => {
-                    kind = self
-                        .choice(
-                            v,
-                            &p,
-                            &["replicated", "global", "replicated-job", "global-job"],
-                        )
-                        .map(|k| (k, p.clone()))
-                }
-                "replicas" => replicas = self.u64(v, &p).map(|r| (r, p.clone())),
-                "resources" => spec.resources = self.resources(v, &p),
-                "restart_policy" => spec.restart = self.restart_policy(v, &p),
-                "placement" => spec.placement = self.placement(v, &p),
-                "endpoint_mode" => {
-                    if let Some(mode) = self.choice(v, &p, &["vip", "dnsrr"]) {
-                        spec.endpoint.get_or_insert_with(EndpointSpec::default).mode = mode;
-                    }
-                }
-                "labels" => {
-                    spec.labels = self
-                        .key_values(v, &p)
-                        .into_iter()
-                        .map(|(k, v)| (k, v.unwrap_or_default()))
-                        .collect()
-                }
-                "update_config" | "rollback_config" => self.warn(
-                    &p,
-                    "not applied yet: ignored (updates use the cluster's defaults)",
-                ),
-                k if k.starts_with("x-") => {}
-                _ => self.unknown(&p, &DEPLOY_KEYS),
-            }
-        }
-        if let (Some((kind, _)), Some((_, p))) = (&kind, &replicas)
-            && kind.starts_with("global")
-        {
-            self.error(p, format!("replicas cannot be used with mode {kind}"));
-        }
-        if kind.is_some() || replicas.is_some() {
-            spec.mode = Some(ServiceMode {
-                kind: kind
-                    .map(|(k, _)| k)
-                    .unwrap_or_else(|| "replicated".to_string()),
-                replicas: replicas.map(|(r, _)| r),
-                max_concurrent: 0,
-            });
-        }
-    }
-
-    fn amounts(&mut self, value: &Value, path: &Path, limits: bool) -> Option<ResourceAmounts> {
-        let mut amounts = ResourceAmounts::default();
-        for (key, v) in self.mapping(value, path) {
-            let p = path.key(&key);
-            match key.as_str() {
-                "cpus" => amounts.nano_cpus = self.cpus(v, &p).unwrap_or(0),
-                "memory" => amounts.memory_bytes = self.memory(v, &p).unwrap_or(0),
-                "pids" if limits => amounts.pids = self.u64(v, &p).unwrap_or(0),
-                "generic_resources" | "devices" if !limits => {
-                    self.warn(&p, "not applied yet: ignored")
-                }
-                _ if limits => self.unknown(&p, &["cpus", "memory", "pids"]),
-                _ => self.unknown(&p, &["cpus", "memory", "generic_resources", "devices"]),
-            }
-        }
-        Some(amounts)
-    }
-
-    fn resources(&mut self, value: &Value, path: &Path) -> Option<Resources> {
-        let mut resources = Resources::default();
-        for (key, v) in self.mapping(value, path) {
-            let p = path.key(&key);
-            match key.as_str() {
-                "limits" => resources.limits = self.amounts(v, &p, true),
-                "reservations" => resources.reservations = self.amounts(v, &p, false),
-                _ => self.unknown(&p, &["limits", "reservations"]),
-            }
-        }
-        Some(resources)
-    }
-
-    fn restart_policy(&mut self, value: &Value, path: &Path) -> Option<RestartPolicy> {
-        let mut policy = RestartPolicy::default();
-        for (key, v) in self.mapping(value, path) {
-            let p = path.key(&key);
-            match key.as_str() {
-                "condition" => {
-                    policy.condition = self
-                        .choice(v, &p, &["none", "on-failure", "any"])
-                        .unwrap_or_default()
-                }
-                "delay" => policy.delay_ms = self.duration(v, &p).map(duration_ms),
-                "max_attempts" => policy.max_attempts = self.u64(v, &p).unwrap_or(0),
-                "window" => policy.window_ms = self.duration(v, &p).map_or(0, duration_ms),
-                _ => self.unknown(&p, &["condition", "delay", "max_attempts", "window"]),
-            }
-        }
-        Some(policy)
-    }
-
-    fn placement(&mut self, value: &Value, path: &Path) -> Option<Placement> {
-        let mut placement = Placement::default();
-        for (key, v) in self.mapping(value, path) {
-            let p = path.key(&key);
-            match key.as_str() {
-                "constraints" => placement.constraints = self.strings(v, &p, false),
-                "preferences" => {
-                    let Value::Sequence(items) = v else {
-                        self.invalid(&p, v, "a list of {spread: EXPR}");
-                        continue;
-                    };
-                    for (i, item) in items.iter().enumerate() {
-                        let ip = p.index(i);
-                        for (k, expr) in self.mapping(item, &ip) {
-                            if k == "spread" {
-                                if let Some(expr) = self.string(expr, &ip.key(&k)) {
-                                    placement.preferences.push(format!("spread={expr}"));
-                                }
-                            } else {
-                                self.unknown(&ip.key(&k), &["spread"]);
-                            }
-                        }
-                    }
-                }
-                "max_replicas_per_node" => {
-                    placement.max_replicas_per_node = self.u64(v, &p).unwrap_or(0)
-                }
-                _ => self.unknown(&p, &["constraints", "preferences", "max_replicas_per_node"]),
-            }
-        }
-        Some(placement)
     }
 }

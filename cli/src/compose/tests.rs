@@ -276,7 +276,7 @@ networks:
          non-negative integer",
         "stack.yml:7:20: services.web.deploy.restart_policy.condition: invalid value \
          \"sometimes\": expected one of none, on-failure, any",
-        "stack.yml:8:5: services.web.imagee: unknown key (expected one of: image,",
+        "stack.yml:8:5: services.web.imagee: unknown key: did you mean \"image\"?",
         "stack.yml:10:9: services.web.ports[0]: invalid port",
         "stack.yml:11:17: services.web.ports[1].target: invalid value 0",
         "stack.yml:12:3: services.db: image is required",
@@ -541,4 +541,51 @@ fn global_mode_refuses_replicas_and_empty_files_fail() {
     );
     assert!(errors("")[0].contains("no services"));
     assert!(errors("- a\n")[0].starts_with("stack.yml:1:1: the file is not a mapping"));
+}
+
+#[test]
+fn values_the_manager_would_refuse_are_refused_here() {
+    let errs = errors(
+        "services:
+  web:
+    image: a
+    ports: ['80:80', '80:81', '80:82/udp']
+    volumes: ['/a:/data', 'v:/data', 'w:/']
+    networks:
+      front: {aliases: ['bad alias']}
+    deploy:
+      endpoint_mode: dnsrr
+      resources:
+        limits: {memory: 1M, cpus: '0.5'}
+        reservations: {cpus: '1'}
+      placement:
+        constraints: [node.role=worker]
+        preferences: [{spread: zone}]
+    wat: 1
+networks:
+  front:
+volumes:
+  v:
+  w:
+",
+    );
+    let expect = [
+        "stack.yml:4:22: services.web.ports[1]: port 80/tcp is published twice",
+        "stack.yml:5:27: services.web.volumes[1]: /data is the target of another volume",
+        "stack.yml:5:38: services.web.volumes[2]: the target \"/\" is not an absolute path other than /",
+        "stack.yml:7:25: services.web.networks.front.aliases[0]: invalid alias",
+        "stack.yml:9:22: services.web.deploy.endpoint_mode: dnsrr has no virtual IP",
+        "stack.yml:11:26: services.web.deploy.resources.limits.memory: 1048576 bytes is too small",
+        "stack.yml:12:30: services.web.deploy.resources.reservations.cpus: the reservation exceeds",
+        "stack.yml:14:23: services.web.deploy.placement.constraints[0]: invalid constraint",
+        "stack.yml:15:32: services.web.deploy.placement.preferences[0].spread: invalid value \"zone\"",
+        "stack.yml:16:5: services.web.wat: unknown key (expected one of: image,",
+    ];
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    for want in expect {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
 }
