@@ -156,6 +156,18 @@ pub fn unchanged(desired: &ServiceSpec, current: &ServiceSpec) -> bool {
     want == have
 }
 
+/// The (published port, protocol) pairs a spec publishes on the routing mesh.
+fn ingress_ports(spec: &ServiceSpec) -> Vec<(u32, String)> {
+    let spec = normalized(spec);
+    spec.endpoint
+        .map(|e| e.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.published != 0 && p.mode == "ingress")
+        .map(|p| (p.published, p.protocol))
+        .collect()
+}
+
 /// The services of `existing` that belong to `stack`, by name.
 fn stack_services<'a>(stack: &str, existing: &'a [Service]) -> HashMap<&'a str, &'a Service> {
     existing
@@ -185,6 +197,20 @@ pub fn plan_services(
         .collect();
     let mut steps = Vec::new();
     let mut errors = Vec::new();
+    let in_file = |name: &str| def.services.keys().any(|k| format!("{stack}_{k}") == name);
+    // Ingress ports held by services that stay as they are (outside the stack, or in it and
+    // kept because there is no --prune).
+    let mut taken: HashMap<(u32, String), &str> = HashMap::new();
+    for service in existing {
+        let Some(spec) = &service.spec else { continue };
+        let ours = spec.labels.get(STACK_LABEL).map(String::as_str) == Some(stack);
+        if in_file(&spec.name) || (ours && prune) {
+            continue;
+        }
+        for port in ingress_ports(spec) {
+            taken.insert(port, spec.name.as_str());
+        }
+    }
     for key in def.services.keys() {
         let Some(spec) = def.service_spec(stack, key, network_ids) else {
             continue;
@@ -192,6 +218,15 @@ pub fn plan_services(
         if let Err(e) = check_name("service", &spec.name) {
             errors.push(e);
             continue;
+        }
+        for (published, protocol) in ingress_ports(&spec) {
+            if let Some(holder) = taken.get(&(published, protocol.clone())) {
+                errors.push(format!(
+                    "service {}: port {published}/{protocol} is already published by service \
+                     {holder}",
+                    spec.name
+                ));
+            }
         }
         match (ours.get(spec.name.as_str()), all.get(spec.name.as_str())) {
             (Some(current), _) => {
@@ -233,12 +268,12 @@ pub fn plan_services(
             .map(|(n, s)| (*n, *s))
             .collect();
         gone.sort_by_key(|(n, _)| *n);
-        for (name, service) in gone {
-            steps.push(ServiceStep::Remove {
-                id: service.id.clone(),
-                name: name.to_string(),
-            });
-        }
+        // First, as docker does: what they free (ports, names) is then free for the rest.
+        let removals = gone.into_iter().map(|(name, service)| ServiceStep::Remove {
+            id: service.id.clone(),
+            name: name.to_string(),
+        });
+        steps.splice(0..0, removals);
     }
     if errors.is_empty() {
         Ok(steps)
@@ -325,7 +360,7 @@ networks:
         let def2 = stack("services:\n  web: {image: web:2, ports: ['80']}\n");
         let steps = plan_services(&def2, "s", &ids, &existing, true).unwrap();
         assert_eq!(steps.len(), 2, "{steps:?}");
-        match &steps[0] {
+        match &steps[1] {
             ServiceStep::Update { id, version, spec } => {
                 assert_eq!(
                     (id.as_str(), *version, spec.image.as_str()),
@@ -334,7 +369,7 @@ networks:
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&steps[1], ServiceStep::Remove { name, .. } if name == "s_db"));
+        assert!(matches!(&steps[0], ServiceStep::Remove { name, .. } if name == "s_db"));
     }
 
     #[test]
@@ -369,6 +404,30 @@ networks:
         let errs = plan_services(&global, "s", &HashMap::new(), &existing, false).unwrap_err();
         assert!(errs[0].contains("mode cannot change"), "{errs:?}");
         assert!(check_name("stack", &"x".repeat(70)).is_err());
+
+        // A port another service publishes.
+        let web = stack("services:\n  web: {image: web, ports: ['8080:80']}\n");
+        let holder = Service {
+            id: "h".to_string(),
+            spec: Some(ServiceSpec {
+                name: "other".to_string(),
+                endpoint: Some(EndpointSpec {
+                    mode: String::new(),
+                    ports: vec![PortConfig {
+                        target: 1,
+                        published: 8080,
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let errs = plan_services(&web, "s", &HashMap::new(), &[holder], false).unwrap_err();
+        assert!(
+            errs[0].contains("port 8080/tcp is already published by service other"),
+            "{errs:?}"
+        );
     }
 
     #[test]

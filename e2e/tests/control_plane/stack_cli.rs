@@ -228,8 +228,63 @@ async fn stack_cli_deploys_updates_prunes_and_removes() -> Result<()> {
         "{networks:?}"
     );
 
+    // Two files merged in order, with a variable from the .env file next to the first.
+    std::fs::write(dir.join(".env"), "APP_PORT=9090\n")?;
+    let base = dir.join("base.yml");
+    let over = dir.join("override.yml");
+    std::fs::write(
+        &base,
+        "services:\n  app:\n    image: busybox:1.36\n    ports: [\"${APP_PORT}:80\"]\n",
+    )?;
+    std::fs::write(&over, "services:\n  app:\n    deploy:\n      replicas: 3\n")?;
+    let (base_arg, over_arg) = (base.display().to_string(), over.display().to_string());
+    let out = lab
+        .cli(&["stack", "config", "-c", &base_arg, "-c", &over_arg])
+        .await?;
+    assert!(out.success, "stack config: {out:?}");
+    assert!(
+        out.stdout.contains("9090:80") && out.stdout.contains("replicas: 3"),
+        "{out:?}"
+    );
+    let mut two = deploy.to_vec();
+    two.extend([base_arg.as_str(), "-c", over_arg.as_str(), "two"]);
+    let out = lab.cli(&two).await?;
+    assert!(out.success, "stack deploy two: {out:?}");
+    let app = &services(&lab, "two").await?["two_app"]["spec"];
+    assert_eq!(app["mode"]["replicas"], 3, "{app}");
+    assert_eq!(app["endpoint"]["ports"][0]["published"], 9090, "{app}");
+
+    // A port another stack publishes is refused before anything is created.
+    std::fs::write(
+        &bad,
+        "services:\n  one:\n    image: busybox\n    ports: [\"9090:80\"]\n",
+    )?;
+    let out = lab.cli(&bad_args).await?;
+    assert!(!out.success, "the port clash was accepted: {out:?}");
+    assert!(
+        out.stderr
+            .contains("port 9090/tcp is already published by service two_app"),
+        "{out:?}"
+    );
+    let networks = network_names(&lab).await?;
+    assert!(
+        !networks.iter().any(|n| n.starts_with("bad_")),
+        "{networks:?}"
+    );
+    let out = lab.cli(&["stack", "ls"]).await?;
+    let cols: Vec<Vec<&str>> = rows(&out.stdout)
+        .iter()
+        .map(|r| r.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        cols,
+        [vec!["shop", "2"], vec!["two", "1"]],
+        "{}",
+        out.stdout
+    );
+
     // rm: the services, then the networks.
-    let out = lab.cli(&["stack", "rm", "shop"]).await?;
+    let out = lab.cli(&["stack", "rm", "shop", "two"]).await?;
     assert!(out.success, "stack rm: {out:?}");
     println!("{}", out.stdout);
     let out = lab.cli(&["service", "ls", "-q"]).await?;
