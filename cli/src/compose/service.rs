@@ -233,7 +233,15 @@ impl Check<'_> {
             let p = path.index(i);
             match item {
                 Value::String(_) | Value::Number(_) => {
-                    let text = self.string(item, &p).unwrap_or_default();
+                    let mut text = self.string(item, &p).unwrap_or_default();
+                    // HOST_IP:PUBLISHED:TARGET: the routing mesh listens on every address.
+                    if text.matches(':').count() == 2
+                        && let Some((ip, rest)) = text.split_once(':')
+                        && ip.parse::<std::net::Ipv4Addr>().is_ok()
+                    {
+                        self.warn(&p, format!("the host IP {ip} is not applied yet: ignored"));
+                        text = rest.to_string();
+                    }
                     match parse_publish(&text) {
                         Ok(port) if !text.contains('=') => ports.push(port),
                         Ok(_) => self.invalid(&p, item, "PUBLISHED:TARGET[/PROTOCOL]"),

@@ -483,7 +483,10 @@ fn long_and_short_ports() {
       - 8081:81/udp
       - {target: 82, published: '8082', protocol: udp, mode: ingress}
       - {target: 83}
+      - 127.0.0.1:8084:84
 ");
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].starts_with("stack.yml:10:9: services.web.ports[5]: the host IP"));
     let ports = &loaded.stack.services["web"]
         .spec
         .endpoint
@@ -502,6 +505,7 @@ fn long_and_short_ports() {
             (8081, 81, "udp", ""),
             (8082, 82, "udp", "ingress"),
             (0, 83, "", ""),
+            (8084, 84, "", ""),
         ]
     );
     let errs = errors(
