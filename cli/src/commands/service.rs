@@ -410,6 +410,7 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
         stop_grace_period_ms: args.stop_grace_period.map(duration_ms),
         task_history_limit: None,
         networks: args.network.clone(),
+        ..Default::default()
     })
 }
 

@@ -412,4 +412,30 @@ impl Control for ControlService {
         require_role(&request, CONTROL_ROLES)?;
         networks::remove(&self.consensus, request.into_inner()).await.map(Response::new)
     }
+
+    // Secrets and configs: being built (issue 5); until then refused as not implemented.
+    async fn create_secret(&self, _: Request<pb::CreateSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        Err(Status::unimplemented("secrets are not implemented yet"))
+    }
+    async fn get_secret(&self, _: Request<pb::GetSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        Err(Status::unimplemented("secrets are not implemented yet"))
+    }
+    async fn list_secrets(&self, _: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        Err(Status::unimplemented("secrets are not implemented yet"))
+    }
+    async fn remove_secret(&self, _: Request<pb::RemoveSecretRequest>) -> Result<Response<pb::RemoveSecretResponse>, Status> {
+        Err(Status::unimplemented("secrets are not implemented yet"))
+    }
+    async fn create_config(&self, _: Request<pb::CreateSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        Err(Status::unimplemented("configs are not implemented yet"))
+    }
+    async fn get_config(&self, _: Request<pb::GetSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        Err(Status::unimplemented("configs are not implemented yet"))
+    }
+    async fn list_configs(&self, _: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        Err(Status::unimplemented("configs are not implemented yet"))
+    }
+    async fn remove_config(&self, _: Request<pb::RemoveSecretRequest>) -> Result<Response<pb::RemoveSecretResponse>, Status> {
+        Err(Status::unimplemented("configs are not implemented yet"))
+    }
 }

@@ -370,6 +370,7 @@ pub fn spec_to_proto(name: &str, labels: &BTreeMap<String, String>, spec: &Servi
             .iter()
             .map(|a| pb::NetworkAttachment { target: a.network_id.clone(), aliases: a.aliases.clone() })
             .collect(),
+        ..Default::default()
     }
 }
 

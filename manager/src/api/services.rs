@@ -80,6 +80,7 @@ pub fn task_to_proto(store: &Store, task: &Task) -> pb::Task {
         updated_at_ms: task.meta.updated_at_ms,
         job_iteration: task.job_iteration,
         addresses: super::convert::addresses_to_proto(&task.status.addresses),
+        health: String::new(),
     }
 }
 

@@ -55,6 +55,7 @@ fn a_full_spec_survives_the_round_trip() {
         stop_grace_period_ms: Some(3_000),
         task_history_limit: Some(2),
         networks: vec![pb::NetworkAttachment { target: "n1".into(), aliases: vec!["web".into()] }],
+        ..Default::default()
     };
     let valid = spec_from_proto(&spec).unwrap();
     assert_eq!(valid.spec.mode, ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 10 });
