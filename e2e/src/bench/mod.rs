@@ -2,6 +2,7 @@
 
 pub mod containers;
 pub mod network;
+pub mod scale;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
