@@ -35,13 +35,22 @@ pub fn now_ms() -> i64 {
 /// services' create-to-RUNNING, and the nodes marked down meanwhile.
 pub type BulkResults = (Vec<BulkRun>, Vec<Duration>, Vec<Duration>, usize);
 
+/// `network`: attach every task to this overlay network (created here), as containers of a real
+/// application are.
 pub fn bulk_start(
     lab: &mut NetLab,
     replicas: usize,
     runs: usize,
     singles: usize,
+    network: Option<&str>,
 ) -> Result<BulkResults> {
     let image = lab.busybox();
+    if let Some(network) = network {
+        lab.cli(&["network", "create", network])?;
+    }
+    let create = |lab: &NetLab, name: &str, replicas: usize, image: &str| {
+        create_on(lab, name, replicas, image, network)
+    };
     // Pull the image once, so the runs measure starting containers, not the registry.
     create(lab, "warm", 1, &image)?;
     wait_for(lab, "warm", WAIT, |t| running(t).len() == 1)?;
@@ -171,8 +180,19 @@ pub fn keep_logs_on_error<T>(mut lab: NetLab, result: Result<T>) -> Result<T> {
 
 /// `service create -d` of [`TASK_COMMAND`].
 pub fn create(lab: &NetLab, name: &str, replicas: usize, image: &str) -> Result<()> {
+    create_on(lab, name, replicas, image, None)
+}
+
+/// `service create -d` of [`TASK_COMMAND`], on an overlay network if one is given.
+pub fn create_on(
+    lab: &NetLab,
+    name: &str,
+    replicas: usize,
+    image: &str,
+    network: Option<&str>,
+) -> Result<()> {
     let replicas = replicas.to_string();
-    lab.cli(&[
+    let mut args = vec![
         "service",
         "create",
         "-d",
@@ -180,11 +200,13 @@ pub fn create(lab: &NetLab, name: &str, replicas: usize, image: &str) -> Result<
         name,
         "--replicas",
         &replicas,
-        image,
-        TASK_COMMAND[0],
-        TASK_COMMAND[1],
-        TASK_COMMAND[2],
-    ])?;
+    ];
+    if let Some(network) = network {
+        args.extend(["--network", network]);
+    }
+    args.push(image);
+    args.extend(TASK_COMMAND);
+    lab.cli(&args)?;
     Ok(())
 }
 
@@ -285,7 +307,8 @@ pub fn scale(
         lab.cli(&["service", "scale", "-d", &format!("{name}={from}")])?;
         let tasks = wait_for(lab, name, WAIT, |t| {
             t.iter().filter(|t| t["state"] == "running").count() == from
-                && t.iter().all(|t| t["desired_state"] == "running" || t["state"] != "running")
+                && t.iter()
+                    .all(|t| t["desired_state"] == "running" || t["state"] != "running")
         })?;
         let last = tasks
             .iter()

@@ -43,6 +43,10 @@ struct Args {
     /// One-task services created one after another (create-to-RUNNING latency).
     #[arg(long, default_value_t = 20)]
     single_runs: usize,
+    /// Attach the bulk-start and one-task services to an overlay network (as real applications
+    /// are): measures the cost of the network setup per container.
+    #[arg(long)]
+    network: bool,
     /// CI mode: 10 replicas, one run of each (proves the harness works).
     #[arg(long)]
     quick: bool,
@@ -60,6 +64,8 @@ struct Report {
     benchmark: &'static str,
     profile: &'static str,
     replicas: usize,
+    /// Whether the tasks were attached to an overlay network.
+    overlay_network: bool,
     bulk_runs: Vec<BulkRun>,
     /// Time from create to all RUNNING, over the runs.
     bulk_total: Summary,
@@ -107,7 +113,14 @@ fn run() -> Result<()> {
     }
 
     let mut bulk_lab = NetLab::up("bench1", 1)?;
-    let bulk = bulk_start(&mut bulk_lab, args.replicas, args.runs, args.single_runs);
+    let network = args.network.then_some("bench");
+    let bulk = bulk_start(
+        &mut bulk_lab,
+        args.replicas,
+        args.runs,
+        args.single_runs,
+        network,
+    );
     let (bulk_runs, task_samples, single_samples, bulk_false_down) =
         keep_logs_on_error(bulk_lab, bulk)?;
     let mut loss_lab = NetLab::up("bench3", 3)?;
@@ -183,6 +196,7 @@ fn run() -> Result<()> {
             "release"
         },
         replicas: args.replicas,
+        overlay_network: args.network,
         bulk_runs,
         bulk_total,
         task_latency,

@@ -190,7 +190,7 @@ fn check_interrupted() -> Result<()> {
 fn measure_ours(lab: &mut NetLab, args: &Args) -> Result<Side> {
     println!("== ours ==");
     let (bulk_runs, tasks, single, _false_down) =
-        ours::bulk_start(lab, args.replicas, args.runs, args.single_runs)?;
+        ours::bulk_start(lab, args.replicas, args.runs, args.single_runs, None)?;
     check_interrupted()?;
     let (up, down) = ours::scale(lab, SCALE_FROM, SCALE_TO, args.scale_runs)?;
     Ok(side(bulk_runs, &tasks, &single, &up, &down))
