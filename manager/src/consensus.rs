@@ -32,12 +32,14 @@ pub struct Consensus {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     quorum_timeout: Duration,
     batcher: Batcher,
+    /// The cluster's key for secret data (see [`crate::secrets`]).
+    pub data_key: crate::secrets::DataKey,
 }
 
 impl Consensus {
-    pub fn new(raft: Raft, state: StateHandle, node_id: u64, creds: identity::Credentials, quorum_timeout: Duration) -> Self {
+    pub fn new(raft: Raft, state: StateHandle, node_id: u64, creds: identity::Credentials, quorum_timeout: Duration, data_key: crate::secrets::DataKey) -> Self {
         let batcher = Batcher::start(raft.clone());
-        Consensus { raft, state, node_id, creds, channels: Arc::default(), quorum_timeout, batcher }
+        Consensus { raft, state, node_id, creds, channels: Arc::default(), quorum_timeout, batcher, data_key }
     }
 
     /// Commits `op` through Raft and returns the state machine's response. A refusal by the

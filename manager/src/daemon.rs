@@ -2,7 +2,8 @@
 //! data dir (`restart`), and serving every gRPC service on one mTLS listener.
 //!
 //! A data dir holds `manager.json` (this file's [`ManagerConfig`]), `node.json` (credentials),
-//! `raft.redb` (log and vote), `snapshot.bin`, and after `init` also `admin.json` for the CLI.
+//! `raft.redb` (log and vote), `snapshot.bin`, `secrets.key` (see [`crate::secrets`]), and after
+//! `init` also `admin.json` for the CLI.
 
 use crate::api::dispatcher::{DispatcherService, DispatcherTiming};
 use crate::api::image_pin::{ImageResolver, RESOLVE_TIMEOUT};
@@ -171,6 +172,7 @@ pub async fn init_with_pool(options: &StartOptions, placement: &Placement, pool:
         insecure_registries: options.insecure_registries.clone(),
     };
     config.save(data_dir)?;
+    crate::secrets::DataKey::generate()?.save(data_dir)?;
 
     let running = start(options, config.clone(), creds).await?;
     let members = BTreeMap::from([(raft_id, BasicNode::new(&config.advertise_addr))]);
@@ -304,7 +306,10 @@ async fn finish_join(running: RunningManager, creds: &Credentials, data_dir: &Pa
         let addr = candidates[attempt % candidates.len()].clone();
         attempt += 1;
         match ask_to_join(&addr, creds, &running.config.advertise_addr).await {
-            Ok(()) => {
+            Ok(data_key) => {
+                // Saved before `ready`: a restart before this point joins (and asks) again.
+                running.consensus.data_key.set(data_key);
+                running.consensus.data_key.save(data_dir)?;
                 let config = ManagerConfig { ready: true, ..running.config.clone() };
                 config.save(data_dir)?;
                 tracing::info!(via = %addr, "joined the Raft group");
@@ -331,13 +336,15 @@ enum JoinAttempt {
     Failed(String),
 }
 
-async fn ask_to_join(addr: &str, creds: &Credentials, raft_addr: &str) -> Result<(), JoinAttempt> {
+/// Joins and returns the cluster's secrets key (see [`crate::secrets`]).
+async fn ask_to_join(addr: &str, creds: &Credentials, raft_addr: &str) -> Result<[u8; crate::secrets::KEY_LEN], JoinAttempt> {
     let channel = identity::connect(addr, creds).await.map_err(|e| JoinAttempt::Failed(format!("{addr}: {e}")))?;
     let request = JoinRaftRequest { raft_addr: raft_addr.to_string() };
     // Adding a learner waits until it has caught up, which may take a snapshot transfer.
     match tokio::time::timeout(Duration::from_secs(30), RaftClient::new(channel).join_raft(request)).await {
         Err(_) => Err(JoinAttempt::Failed(format!("{addr}: no answer in time"))),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(response)) => <[u8; crate::secrets::KEY_LEN]>::try_from(response.into_inner().data_key.as_slice())
+            .map_err(|_| JoinAttempt::Failed(format!("{addr}: the answer holds no valid secrets key"))),
         Ok(Err(status)) => match status.metadata().get("leader-addr").and_then(|v| v.to_str().ok()) {
             Some(leader) if leader != addr => Err(JoinAttempt::Leader(leader.to_string())),
             _ => Err(JoinAttempt::Failed(format!("{addr}: {}", status.message()))),
@@ -355,7 +362,14 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
     let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
-    let consensus = Consensus::new(raft, state, config.node_id, creds.clone(), options.quorum_timeout);
+    let mut data_key = crate::secrets::DataKey::load(&options.data_dir)?;
+    if !data_key.is_set() && config.ready {
+        // A data dir from before secrets existed (see `crate::secrets`).
+        tracing::warn!("no secrets key in the data dir: generating one (managers of a group must share it)");
+        data_key = crate::secrets::DataKey::generate()?;
+        data_key.save(&options.data_dir)?;
+    }
+    let consensus = Consensus::new(raft, state, config.node_id, creds.clone(), options.quorum_timeout, data_key);
 
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await

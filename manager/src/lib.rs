@@ -13,6 +13,7 @@ pub mod membership;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 
 #[cfg(test)]

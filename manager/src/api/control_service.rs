@@ -4,7 +4,7 @@
 use super::convert::{ManagerView, membership, node_to_proto, reachability};
 use super::image_pin::ImageResolver;
 use super::log_broker::LogBroker;
-use super::{networks, service_logs, services};
+use super::{networks, secrets, service_logs, services};
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::membership as group;
 use crate::store::{Availability, Change, Kind, Node, NodeRole, NodeState, Op, Response as StoreResponse, Store, parse_node_id};
@@ -413,29 +413,37 @@ impl Control for ControlService {
         networks::remove(&self.consensus, request.into_inner()).await.map(Response::new)
     }
 
-    // Secrets and configs: being built (issue 5); until then refused as not implemented.
-    async fn create_secret(&self, _: Request<pb::CreateSecretRequest>) -> Result<Response<pb::Secret>, Status> {
-        Err(Status::unimplemented("secrets are not implemented yet"))
+    // Secrets and configs (see `super::secrets`).
+    async fn create_secret(&self, request: Request<pb::CreateSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::create(&self.consensus, Kind::Secret, request.into_inner()).await.map(Response::new)
     }
-    async fn get_secret(&self, _: Request<pb::GetSecretRequest>) -> Result<Response<pb::Secret>, Status> {
-        Err(Status::unimplemented("secrets are not implemented yet"))
+    async fn get_secret(&self, request: Request<pb::GetSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::get(&self.consensus, Kind::Secret, request.into_inner()).await.map(Response::new)
     }
-    async fn list_secrets(&self, _: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        Err(Status::unimplemented("secrets are not implemented yet"))
+    async fn list_secrets(&self, request: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::list(&self.consensus, Kind::Secret, request.into_inner()).await.map(Response::new)
     }
-    async fn remove_secret(&self, _: Request<pb::RemoveSecretRequest>) -> Result<Response<pb::RemoveSecretResponse>, Status> {
-        Err(Status::unimplemented("secrets are not implemented yet"))
+    async fn remove_secret(&self, request: Request<pb::RemoveSecretRequest>) -> Result<Response<pb::RemoveSecretResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::remove(&self.consensus, Kind::Secret, request.into_inner()).await.map(Response::new)
     }
-    async fn create_config(&self, _: Request<pb::CreateSecretRequest>) -> Result<Response<pb::Secret>, Status> {
-        Err(Status::unimplemented("configs are not implemented yet"))
+    async fn create_config(&self, request: Request<pb::CreateSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::create(&self.consensus, Kind::Config, request.into_inner()).await.map(Response::new)
     }
-    async fn get_config(&self, _: Request<pb::GetSecretRequest>) -> Result<Response<pb::Secret>, Status> {
-        Err(Status::unimplemented("configs are not implemented yet"))
+    async fn get_config(&self, request: Request<pb::GetSecretRequest>) -> Result<Response<pb::Secret>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::get(&self.consensus, Kind::Config, request.into_inner()).await.map(Response::new)
     }
-    async fn list_configs(&self, _: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        Err(Status::unimplemented("configs are not implemented yet"))
+    async fn list_configs(&self, request: Request<pb::ListSecretsRequest>) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::list(&self.consensus, Kind::Config, request.into_inner()).await.map(Response::new)
     }
-    async fn remove_config(&self, _: Request<pb::RemoveSecretRequest>) -> Result<Response<pb::RemoveSecretResponse>, Status> {
-        Err(Status::unimplemented("configs are not implemented yet"))
+    async fn remove_config(&self, request: Request<pb::RemoveSecretRequest>) -> Result<Response<pb::RemoveSecretResponse>, Status> {
+        require_role(&request, CONTROL_ROLES)?;
+        secrets::remove(&self.consensus, Kind::Config, request.into_inner()).await.map(Response::new)
     }
 }

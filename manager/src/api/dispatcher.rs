@@ -9,6 +9,7 @@
 //! period before judging it.
 
 mod assignments;
+mod files;
 mod liveness;
 pub mod networks;
 mod status;
@@ -25,6 +26,7 @@ use crate::membership::{is_leader, not_leader};
 use crate::raft::Watched;
 use crate::store::{Change, Event, Node, NodeResources, NodeState, Object, Op, Store};
 use assignments::{Tracker, Update};
+use files::{FileTracker, FilesUpdate};
 use identity::{Role, require_role};
 use liveness::Sessions;
 use networks::ViewTracker;
@@ -128,8 +130,9 @@ struct SessionContext {
 }
 
 impl SessionContext {
-    /// An assignment message; `networks`, when present, replaces the agent's network views.
-    fn message(&self, store: &Store, update: Update, networks: Option<pb::NetworkViews>) -> pb::SessionMessage {
+    /// An assignment message; `networks`, when present, replaces the agent's network views;
+    /// `files` carries the secrets and configs the assignments need.
+    fn message(&self, store: &Store, update: Update, networks: Option<pb::NetworkViews>, files: FilesUpdate) -> pb::SessionMessage {
         let assignments = update
             .assignments
             .iter()
@@ -140,7 +143,7 @@ impl SessionContext {
                 pb::Assignment { task: Some(task_to_proto(store, task)), spec: Some(spec_to_proto(name, &labels, &task.spec)) }
             })
             .collect();
-        pb::SessionMessage {
+        let mut message = pb::SessionMessage {
             session_id: self.session_id.clone(),
             manager_addrs: manager_addrs(&self.consensus),
             kind: if update.full { "full" } else { "delta" }.into(),
@@ -149,7 +152,9 @@ impl SessionContext {
             heartbeat_period_ms: self.heartbeat_period_ms,
             networks,
             ..Default::default()
-        }
+        };
+        files.fill(&mut message);
+        message
     }
 
     /// A delta without assignments that carries log subscription changes.
@@ -181,10 +186,12 @@ async fn run_session(
 ) {
     let mut tracker = Tracker::new(&context.node_id);
     let mut views = ViewTracker::new(&context.node_id);
+    let mut files = FileTracker::new(&context.node_id);
     let first = {
         let store = context.consensus.state.read();
         let networks = views.full(&store);
-        context.message(&store, tracker.full(&store), Some(networks))
+        let needed = files.full(&store, &context.consensus.data_key);
+        context.message(&store, tracker.full(&store), Some(networks), needed)
     };
     if outgoing.send(Ok(first)).await.is_err() {
         return;
@@ -231,7 +238,15 @@ async fn run_session(
             } else {
                 let update = if reset { tracker.full(&store) } else { tracker.delta(&batch) };
                 let networks = views.refresh(&store, &batch, reset);
-                Some((!update.is_empty() || networks.is_some()).then(|| context.message(&store, update, networks)))
+                let needed = if reset {
+                    files.full(&store, &context.consensus.data_key)
+                } else if files::relevant(&batch, &context.node_id) {
+                    files.refresh(&store, &context.consensus.data_key)
+                } else {
+                    FilesUpdate::default()
+                };
+                let changed = !update.is_empty() || networks.is_some() || !needed.is_empty();
+                Some(changed.then(|| context.message(&store, update, networks, needed)))
             }
         };
         match message {

@@ -8,6 +8,7 @@ pub mod image_pin;
 pub mod log_broker;
 pub mod networks;
 pub mod raft_service;
+pub mod secrets;
 pub mod service_logs;
 pub mod service_spec;
 pub mod services;

@@ -74,8 +74,14 @@ impl RaftApi for RaftService {
             Some(false) => return Err(Status::permission_denied("this node is not a manager in the store")),
             None => return Err(Status::not_found(format!("node {} is not part of the cluster", caller.node_id))),
         }
+        // The secrets key goes only to a manager the store knows, over this mTLS call.
+        let data_key = self
+            .consensus
+            .data_key
+            .bytes()
+            .ok_or_else(|| Status::unavailable("this manager has no secrets key to hand over"))?;
         let voters = membership::add_manager(&self.consensus, id, &raft_addr).await?;
-        Ok(Response::new(JoinRaftResponse { voters: voters.into_iter().collect() }))
+        Ok(Response::new(JoinRaftResponse { voters: voters.into_iter().collect(), data_key: data_key.to_vec() }))
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {

@@ -73,6 +73,8 @@ pub fn spec_from_proto(spec: &pb::ServiceSpec) -> Result<ValidSpec, Status> {
             stop_grace_period_ms: spec.stop_grace_period_ms.unwrap_or(ServiceSpec::default().stop_grace_period_ms),
             task_history_limit: spec.task_history_limit.unwrap_or(ServiceSpec::default().task_history_limit),
             networks: networks(&spec.networks)?,
+            secrets: super::secrets::file_refs("secrets", &spec.secrets)?,
+            configs: super::secrets::file_refs("configs", &spec.configs)?,
         },
     })
 }
@@ -370,6 +372,8 @@ pub fn spec_to_proto(name: &str, labels: &BTreeMap<String, String>, spec: &Servi
             .iter()
             .map(|a| pb::NetworkAttachment { target: a.network_id.clone(), aliases: a.aliases.clone() })
             .collect(),
+        secrets: super::secrets::file_refs_to_proto(&spec.secrets),
+        configs: super::secrets::file_refs_to_proto(&spec.configs),
         ..Default::default()
     }
 }

@@ -84,14 +84,19 @@ pub fn task_to_proto(store: &Store, task: &Task) -> pb::Task {
     }
 }
 
-/// Resolves the spec's network targets to ids on a consistent read (the store checks again that
+/// Resolves the spec's network targets, secrets and configs to ids on a consistent read (the store checks again that
 /// they exist when the write is applied).
 async fn resolve_networks(consensus: &Consensus, spec: &mut crate::store::ServiceSpec) -> Result<(), Status> {
-    if spec.networks.is_empty() {
+    if spec.networks.is_empty() && spec.secrets.is_empty() && spec.configs.is_empty() {
         return Ok(());
     }
     let mut resolved = spec.clone();
-    consensus.read(|store| super::networks::resolve_attachments(store, &mut resolved)).await??;
+    consensus
+        .read(|store| {
+            super::networks::resolve_attachments(store, &mut resolved)?;
+            super::secrets::resolve_files(store, &mut resolved)
+        })
+        .await??;
     *spec = resolved;
     Ok(())
 }

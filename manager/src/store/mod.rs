@@ -324,10 +324,41 @@ impl Store {
                     )));
                 }
             }
+            let files = [("secrets", "secret", &service.spec.secrets, &self.secrets), ("configs", "config", &service.spec.configs, &self.configs)];
+            for (field, kind, refs, table) in files {
+                for (i, file) in refs.iter().enumerate() {
+                    if !table.contains_key(&file.id) {
+                        return Err(StoreError::Invalid(format!("invalid service spec: spec.{field}[{i}].source: {kind} {} not found", file.id)));
+                    }
+                }
+            }
             crate::ipam::ports::check_conflicts(self, &service.meta.id, &service.spec)
                 .map_err(|e| StoreError::Invalid(format!("invalid service spec: {e}")))?;
         }
         Ok(())
+    }
+
+    /// A secret or config cannot go while a service uses it (tasks of older specs may still hold
+    /// it: agents keep what they received until those tasks go).
+    fn check_unused(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+        let (name, uses): (&str, fn(&Service, &str) -> bool) = match kind {
+            Kind::Secret => (self.secrets.get(id).map_or(id, |b| b.name.as_str()), |s, id| s.spec.secrets.iter().any(|f| f.id == id)),
+            Kind::Config => (self.configs.get(id).map_or(id, |b| b.name.as_str()), |s, id| s.spec.configs.iter().any(|f| f.id == id)),
+            _ => return Ok(()),
+        };
+        let mut users: Vec<&str> = self.services.values().filter(|s| uses(s, id)).map(|s| s.name.as_str()).collect();
+        users.sort_unstable();
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::InUse(format!(
+            "{} {name} is in use by service{} {}: remove {} or update {} first",
+            kind.as_str(),
+            if users.len() == 1 { "" } else { "s" },
+            users.join(", "),
+            if users.len() == 1 { "it" } else { "them" },
+            if users.len() == 1 { "it" } else { "them" },
+        )))
     }
 
     fn modify_node(
@@ -421,6 +452,7 @@ impl Store {
             Change::Delete { kind, id, expected_version } => {
                 let current = self.get(*kind, id).ok_or_else(|| not_found(*kind, id))?;
                 check_version(*kind, id, *expected_version, current.meta().version)?;
+                self.check_unused(*kind, id)?;
                 let removed = self.remove(*kind, id);
                 if let Some(object) = &removed {
                     events.push(Event::Deleted(object.clone()));

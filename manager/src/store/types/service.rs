@@ -48,6 +48,24 @@ pub struct ServiceSpec {
     pub task_history_limit: u64,
     /// The overlay networks the tasks attach to, by network id.
     pub networks: Vec<NetworkAttachment>,
+    /// Secrets given to the tasks (files under /run/secrets), by secret id.
+    pub secrets: Vec<FileRef>,
+    /// Configs given to the tasks (files at their target paths), by config id.
+    pub configs: Vec<FileRef>,
+}
+
+/// A secret or config given to a service's tasks. `id` is resolved from the name or id prefix
+/// the user gave; `target` and `mode` hold their defaults once resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub id: String,
+    /// The secret's or config's name when the spec was resolved.
+    pub name: String,
+    /// Secrets: a file name under /run/secrets. Configs: an absolute path.
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 /// A service's attachment to a network.
@@ -78,6 +96,8 @@ impl Default for ServiceSpec {
             stop_grace_period_ms: 10_000,
             task_history_limit: 5,
             networks: Vec::new(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
         }
     }
 }
