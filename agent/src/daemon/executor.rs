@@ -19,6 +19,7 @@ use tokio::sync::{Notify, RwLock, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::container::{container_spec, exit_status, status, stop_params, wants_run};
+use super::health::{self, Probes};
 use super::plan::{Action, ImageUse, Keep, Phase, decide, keep_images};
 use crate::image::{GcStats, ImageConfig, ImageRef, ImageStore, Rootfs, digest_hex, mount_rootfs};
 use crate::network::Overlay;
@@ -375,6 +376,8 @@ pub struct Executor<R, I> {
     gc_running: bool,
     /// Overlay networking (`None`: tasks with networks are rejected).
     overlay: Option<Arc<Overlay>>,
+    /// Health check probers of the running containers (see [`health`]).
+    probes: Probes,
 }
 
 /// How many containers may be starting at once. Each start is a few short-lived runc processes
@@ -405,6 +408,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             gc_soon: None,
             gc_running: false,
             overlay: None,
+            probes: Probes::default(),
         }
     }
 
@@ -469,6 +473,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             let mut local = Local::new(Phase::Running);
             local.image = ImageUse::Unknown;
             self.local.insert(info.id.clone(), local);
+            self.probes.adopted(&info.id);
             self.watch(info.id);
         }
     }
@@ -498,6 +503,11 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         }
         for id in removed {
             self.assigned.remove(&id);
+        }
+        // Health checks of re-adopted containers, once their specs are known.
+        if self.synced {
+            let (probes, statuses) = (&self.probes, &self.statuses);
+            probes.resume(&self.assigned, DEFAULT_STOP_SIGNAL, &self.runtime, statuses);
         }
     }
 
@@ -536,6 +546,7 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                 self.set_phase(&id, if ok { Phase::Running } else { Phase::Finished });
             }
             Event::Exited { id, exit } => {
+                let unhealthy = self.probes.end(&id);
                 let stopping = match self.local.get(&id).map(|l| &l.phase) {
                     Some(Phase::Running) => false,
                     Some(Phase::Stopping) => true,
@@ -549,6 +560,9 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                         s
                     }
                 };
+                if unhealthy {
+                    health::unhealthy_exit(&mut st);
+                }
                 if stopping || !self.wants_run(&id) {
                     st.state = "shutdown".into();
                     st.message = "shutdown".into();
@@ -787,6 +801,8 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
         };
         local.phase = Phase::Starting;
         let addresses = local.addresses.clone();
+        // Health check: probed from RUNNING until the container ends (see `health`).
+        let probe = self.probes.probe(self.assigned.get(&id), local.signal);
         self.statuses.push(status(&id, "starting", "starting"));
         let (runtime, images, tx) = (self.runtime.clone(), self.images.clone(), self.tx.clone());
         let (statuses, slots) = (self.statuses.clone(), self.start_slots.clone());
@@ -802,6 +818,9 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                     let mut st = status(&id, "running", "started");
                     st.container_id = info.id;
                     st.addresses = addresses;
+                    if let Some(probe) = probe {
+                        probe.start(&runtime, &mut st, &statuses);
+                    }
                     statuses.push(st);
                     let _ = tx.send(Event::Started {
                         id: id.clone(),

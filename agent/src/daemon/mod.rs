@@ -7,6 +7,7 @@
 
 pub mod container;
 pub mod executor;
+pub mod health;
 pub mod log_publisher;
 pub mod plan;
 pub mod session;

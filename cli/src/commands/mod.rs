@@ -7,6 +7,7 @@ pub mod network;
 pub mod node;
 mod node_view;
 pub mod service;
+mod service_health;
 mod service_logs;
 mod service_view;
 pub mod stack;

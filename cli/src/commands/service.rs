@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 use super::for_each_ref;
 use super::network::parse_network_attachment;
+use super::service_health::HealthArgs;
 use super::service_view::{
     converged, inspect_pretty, mode_kind, progress, services_table, sort_services,
 };
@@ -190,6 +191,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "NETWORK", value_parser = parse_network_attachment)]
     pub network: Vec<NetworkAttachment>,
     #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
     /// Image to run.
     #[arg(value_name = "IMAGE")]
@@ -295,6 +298,8 @@ pub struct UpdateArgs {
     /// Do not ask the new image's registry for its digest: each node resolves the tag itself.
     #[arg(long = "no-resolve-image")]
     pub no_resolve_image: bool,
+    #[command(flatten)]
+    pub health: HealthArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// Service id, unique id prefix or name.
@@ -410,6 +415,7 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
         stop_grace_period_ms: args.stop_grace_period.map(duration_ms),
         task_history_limit: None,
         networks: args.network.clone(),
+        healthcheck: args.health.for_create()?,
         ..Default::default()
     })
 }
@@ -622,6 +628,7 @@ fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> anyhow::Result<()>
         spec.labels.remove(key);
     }
     spec.labels.extend(labels_add);
+    args.health.update(&mut spec.healthcheck)?;
     if !args.constraint_add.is_empty() || !args.constraint_rm.is_empty() {
         let placement = spec.placement.get_or_insert_with(Placement::default);
         placement
@@ -646,12 +653,13 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         && args.constraint_add.is_empty()
         && args.constraint_rm.is_empty()
         && args.network_add.is_empty()
-        && args.network_rm.is_empty();
+        && args.network_rm.is_empty()
+        && !args.health.any();
     if nothing && !args.force {
         bail!(
             "nothing to update: pass --replicas, --image, --env-add/--env-rm, \
              --label-add/--label-rm, --constraint-add/--constraint-rm, \
-             --network-add/--network-rm or --force"
+             --network-add/--network-rm, --health-* or --force"
         );
     }
     let mut client = target.connect().await?.control();

@@ -132,7 +132,8 @@ pub fn human_duration(ms: i64) -> String {
     }
 }
 
-/// "Running 5 seconds ago"; the state alone when its time is unknown.
+/// "Running 5 seconds ago"; the state alone when its time is unknown. A running task's health,
+/// when it has a health check, follows: "Running 5 seconds ago (healthy)".
 pub fn current_state(task: &Task, now_ms: i64) -> String {
     let state = capitalize(&task.state);
     let at = if task.timestamp_ms != 0 {
@@ -140,10 +141,15 @@ pub fn current_state(task: &Task, now_ms: i64) -> String {
     } else {
         task.updated_at_ms
     };
-    if at == 0 {
+    let text = if at == 0 {
         state
     } else {
         format!("{state} {} ago", human_duration((now_ms - at).max(0)))
+    };
+    if task.state == "running" && !task.health.is_empty() {
+        format!("{text} ({})", task.health)
+    } else {
+        text
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::scheduler::{parse_constraint, parse_preference};
 use crate::store::{
-    EndpointMode, EndpointSpec, Mount, MountKind, NetworkAttachment, Placement, PortConfig, Protocol, PublishMode, ResourceAmounts,
+    EndpointMode, EndpointSpec, HealthCheck, Mount, MountKind, NetworkAttachment, Placement, PortConfig, Protocol, PublishMode, ResourceAmounts,
     Resources, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
 };
 use proto::v1 as pb;
@@ -73,10 +73,54 @@ pub fn spec_from_proto(spec: &pb::ServiceSpec) -> Result<ValidSpec, Status> {
             stop_grace_period_ms: spec.stop_grace_period_ms.unwrap_or(ServiceSpec::default().stop_grace_period_ms),
             task_history_limit: spec.task_history_limit.unwrap_or(ServiceSpec::default().task_history_limit),
             networks: networks(&spec.networks)?,
+            healthcheck: healthcheck(spec.healthcheck.as_ref())?,
             secrets: super::secrets::file_refs("secrets", &spec.secrets)?,
             configs: super::secrets::file_refs("configs", &spec.configs)?,
         },
     })
+}
+
+/// Docker's health check defaults: every 30 s, 30 s allowed per probe, unhealthy after 3
+/// consecutive failures.
+pub const HEALTH_INTERVAL_MS: u64 = 30_000;
+pub const HEALTH_TIMEOUT_MS: u64 = 30_000;
+pub const HEALTH_RETRIES: u32 = 3;
+
+/// The health check with Docker's defaults filled in. The test is `["NONE"]`, `["CMD", args...]`
+/// or `["CMD-SHELL", command line]` (an empty test would mean the image's HEALTHCHECK, which is
+/// not read: refused).
+fn healthcheck(check: Option<&pb::HealthCheck>) -> Result<Option<HealthCheck>, Status> {
+    let Some(check) = check else { return Ok(None) };
+    let field = |name: &str| format!("spec.healthcheck.{name}");
+    match check.test.first().map(String::as_str) {
+        Some("NONE") if check.test.len() > 1 => return Err(invalid(&field("test"), "NONE takes no arguments")),
+        Some("NONE") => {}
+        Some("CMD") if check.test.len() < 2 || check.test[1].trim().is_empty() => {
+            return Err(invalid(&field("test"), "CMD needs a command: [\"CMD\", program, args...]"));
+        }
+        Some("CMD") => {}
+        Some("CMD-SHELL") if check.test.len() != 2 || check.test[1].trim().is_empty() => {
+            return Err(invalid(&field("test"), "CMD-SHELL needs exactly one command line: [\"CMD-SHELL\", \"command\"]"));
+        }
+        Some("CMD-SHELL") => {}
+        Some(other) => {
+            return Err(invalid(&field("test"), format!("{other:?} is invalid: the test starts with NONE, CMD or CMD-SHELL")));
+        }
+        None => return Err(invalid(&field("test"), "a test is required: [\"NONE\"], [\"CMD\", ...] or [\"CMD-SHELL\", ...]")),
+    }
+    let at_least_1ms = |name: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => Err(invalid(&field(name), "must be at least 1 ms (absent: Docker's default)")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    };
+    let interval_ms = at_least_1ms("interval_ms", check.interval_ms, HEALTH_INTERVAL_MS)?;
+    let timeout_ms = at_least_1ms("timeout_ms", check.timeout_ms, HEALTH_TIMEOUT_MS)?;
+    let retries = match check.retries {
+        Some(0) => return Err(invalid(&field("retries"), "must be at least 1 (absent: 3)")),
+        Some(r) => r,
+        None => HEALTH_RETRIES,
+    };
+    Ok(Some(HealthCheck { test: check.test.clone(), interval_ms, timeout_ms, retries, start_period_ms: check.start_period_ms }))
 }
 
 fn to_map(labels: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
@@ -374,9 +418,18 @@ pub fn spec_to_proto(name: &str, labels: &BTreeMap<String, String>, spec: &Servi
             .collect(),
         secrets: super::secrets::file_refs_to_proto(&spec.secrets),
         configs: super::secrets::file_refs_to_proto(&spec.configs),
+        healthcheck: spec.healthcheck.as_ref().map(|h| pb::HealthCheck {
+            test: h.test.clone(),
+            interval_ms: Some(h.interval_ms),
+            timeout_ms: Some(h.timeout_ms),
+            retries: Some(h.retries),
+            start_period_ms: h.start_period_ms,
+        }),
         ..Default::default()
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod health_tests;

@@ -34,7 +34,10 @@ pub fn find_service<'a>(store: &'a Store, reference: &str) -> Result<&'a Service
 pub fn service_to_proto(store: &Store, service: &Service) -> pb::Service {
     let tasks: Vec<&Task> = store.tasks.values().filter(|t| t.service_id == service.meta.id).collect();
     let live = || tasks.iter().filter(|t| t.is_live());
-    let running = live().filter(|t| t.status.state == TaskState::Running).count() as u64;
+    // Tasks with a health check count once healthy (as in Swarm, whose tasks stay STARTING
+    // until then); the update orchestrator does not wait for health.
+    let healthy = |t: &&&Task| !t.spec.has_health_check() || t.status.health == "healthy";
+    let running = live().filter(|t| t.status.state == TaskState::Running).filter(healthy).count() as u64;
     let completed = tasks
         .iter()
         .filter(|t| t.job_iteration == service.job_iteration && t.status.state == TaskState::Complete)
@@ -80,7 +83,7 @@ pub fn task_to_proto(store: &Store, task: &Task) -> pb::Task {
         updated_at_ms: task.meta.updated_at_ms,
         job_iteration: task.job_iteration,
         addresses: super::convert::addresses_to_proto(&task.status.addresses),
-        health: String::new(),
+        health: task.status.health.clone(),
     }
 }
 

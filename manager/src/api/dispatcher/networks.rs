@@ -1,6 +1,7 @@
 //! The overlay networks an agent is told about in its session: for every network the node holds
 //! a lease of, its own lease, the other hosts' leases (VxLAN routes) and the DNS records
-//! (services attached to the network, routable tasks with an address on it). The ingress
+//! (services attached to the network, routable tasks with an address on it: running, live, and
+//! healthy when their spec has a health check). The ingress
 //! network's view also lists every service publishing ports, with its ports. Pure functions of
 //! the store, plus the per-session bookkeeping that decides when they are sent again.
 
@@ -84,7 +85,9 @@ pub fn network_views(store: &Store, node_id: &str) -> Vec<pb::NetworkView> {
             });
         }
     }
-    let routable = store.tasks.values().filter(|t| t.status.state == TaskState::Running && t.is_live());
+    // A task with a health check is routed to (DNS, VIPs) only once healthy.
+    let healthy = |t: &crate::store::Task| !t.spec.has_health_check() || t.status.health == "healthy";
+    let routable = store.tasks.values().filter(|t| t.status.state == TaskState::Running && t.is_live() && healthy(t));
     for task in routable {
         let Some(service) = store.services.get(&task.service_id) else { continue };
         let on = task_network_ids(store, &service.spec);
@@ -507,5 +510,25 @@ mod tests {
         let sent = tracker.refresh(&store, &[Event::Created(Object::SubnetLease(new))], false).expect("a view");
         assert_eq!(sent.networks[0].lease, "10.20.3.0/24");
         assert_eq!(sent.networks[0].peers.len(), 2);
+    }
+
+    #[test]
+    fn tasks_with_a_health_check_are_listed_only_once_healthy() {
+        use crate::store::HealthCheck;
+        let mut store = cluster();
+        let check = |test: &[&str]| HealthCheck { test: test.iter().map(|t| t.to_string()).collect(), interval_ms: 1, timeout_ms: 1, retries: 1, start_period_ms: 0 };
+        let ids = |store: &Store| network_views(store, "a")[0].tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&store), ["t1", "t2", "t5"]);
+        store.tasks.get_mut("t1").unwrap().spec.healthcheck = Some(check(&["CMD", "true"]));
+        store.tasks.get_mut("t2").unwrap().spec.healthcheck = Some(check(&["NONE"]));
+        store.tasks.get_mut("t5").unwrap().spec.healthcheck = Some(check(&["CMD-SHELL", "true"]));
+        assert_eq!(ids(&store), ["t2"], "NONE is no check; no health reported yet is not healthy");
+        for (id, health) in [("t1", "starting"), ("t5", "healthy")] {
+            store.tasks.get_mut(id).unwrap().status.health = health.into();
+        }
+        assert_eq!(ids(&store), ["t2", "t5"]);
+        store.tasks.get_mut("t1").unwrap().status.health = "healthy".into();
+        store.tasks.get_mut("t5").unwrap().status.health = "unhealthy".into();
+        assert_eq!(ids(&store), ["t1", "t2"]);
     }
 }

@@ -28,7 +28,12 @@ pub struct Report {
     pub container_id: String,
     /// Network id -> IPv4 address; empty: unchanged.
     pub addresses: BTreeMap<String, String>,
+    /// "starting", "healthy" or "unhealthy"; empty: unchanged.
+    pub health: String,
 }
+
+/// The health values an agent may report ("": none reported).
+pub const HEALTH_VALUES: [&str; 4] = ["", "starting", "healthy", "unhealthy"];
 
 /// Parses and checks the reports of `node_id`'s agent: every task must be assigned to that
 /// node (tasks no longer in the store are skipped: they were removed meanwhile), and every
@@ -50,6 +55,12 @@ pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> R
         let field = format!("updates[{i}].addresses");
         let attached = crate::ipam::task_network_ids(store, &task.spec);
         let addresses = addresses_from_proto(&update.addresses, &attached, &field).map_err(Status::invalid_argument)?;
+        if !HEALTH_VALUES.contains(&update.health.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "updates[{i}].health: {:?} is invalid: use starting, healthy or unhealthy",
+                update.health
+            )));
+        }
         reports.push(Report {
             node_id: node_id.to_string(),
             task_id: update.task_id,
@@ -59,6 +70,7 @@ pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> R
             exit_code: update.exit_code,
             container_id: update.container_id,
             addresses,
+            health: update.health,
         });
     }
     Ok(reports)
@@ -67,8 +79,10 @@ pub fn validate(store: &Store, node_id: &str, updates: Vec<pb::TaskStatus>) -> R
 /// The store writes for `reports`: per task the furthest state reported (the latest report on
 /// ties), dropped if it would move the observed state back, changes nothing, or the task left
 /// the node meanwhile. The addresses are those of the latest report, not older than the stored
-/// state, that carries any (none: the known ones stay). Each update carries the version it was
-/// computed on.
+/// state, that carries any (none: the known ones stay). The health is that of the report kept
+/// (empty: the known one stays); a report that changes only the health, the state staying
+/// RUNNING, is written like any other change. Each update carries the version it was computed
+/// on.
 pub fn status_changes(store: &Store, reports: &[Report], now_ms: i64) -> Vec<Change> {
     let mut latest: HashMap<&str, &Report> = HashMap::new();
     let mut by_task: HashMap<&str, Vec<&Report>> = HashMap::new();
@@ -102,6 +116,9 @@ pub fn status_changes(store: &Store, reports: &[Report], now_ms: i64) -> Vec<Cha
         }
         if let Some(addresses) = addresses {
             status.addresses = addresses.clone();
+        }
+        if !report.health.is_empty() {
+            status.health = report.health.clone();
         }
         if status == task.status {
             continue;
@@ -304,5 +321,38 @@ mod tests {
             validate(&store, "a", vec![with_addresses("running", &[("n1", "10.0.0.3")]), report("complete")]).unwrap();
         let task = updated(&status_changes(&store, &burst, 9)).clone();
         assert_eq!((task.status.state, task.status.addresses["n1"].as_str()), (TaskState::Complete, "10.0.0.3"));
+    }
+
+    fn with_health(state: &str, health: &str) -> pb::TaskStatus {
+        pb::TaskStatus { health: health.into(), ..report(state) }
+    }
+
+    #[test]
+    fn health_changes_are_written_while_the_state_stays_running() {
+        let mut store = store();
+        let bad = validate(&store, "a", vec![with_health("running", "sickly")]).unwrap_err();
+        assert!(bad.message().contains("updates[0].health"), "{}", bad.message());
+
+        let reports = validate(&store, "a", vec![with_health("running", "starting")]).unwrap();
+        let task = updated(&status_changes(&store, &reports, 5)).clone();
+        assert_eq!((task.status.state, task.status.health.as_str()), (TaskState::Running, "starting"));
+        store.tasks.insert("t1".into(), task);
+
+        let same = validate(&store, "a", vec![with_health("running", "starting")]).unwrap();
+        assert!(status_changes(&store, &same, 6).is_empty(), "nothing new");
+        let none = validate(&store, "a", vec![report("running")]).unwrap();
+        assert!(status_changes(&store, &none, 6).is_empty(), "no health reported: the known one stays");
+
+        let healthy = validate(&store, "a", vec![with_health("running", "healthy")]).unwrap();
+        let task = updated(&status_changes(&store, &healthy, 7)).clone();
+        assert_eq!((task.status.state, task.status.health.as_str(), task.status.timestamp_ms), (TaskState::Running, "healthy", 7));
+        store.tasks.insert("t1".into(), task);
+
+        // A burst: the health of the report kept (the furthest state, the latest on ties).
+        let burst = validate(&store, "a", vec![with_health("running", "unhealthy"), with_health("running", "healthy")]).unwrap();
+        assert!(status_changes(&store, &burst, 8).is_empty());
+        let failed = validate(&store, "a", vec![with_health("running", "unhealthy"), with_health("failed", "unhealthy")]).unwrap();
+        let task = updated(&status_changes(&store, &failed, 9)).clone();
+        assert_eq!((task.status.state, task.status.health.as_str()), (TaskState::Failed, "unhealthy"));
     }
 }

@@ -48,6 +48,9 @@ pub struct ServiceSpec {
     pub task_history_limit: u64,
     /// The overlay networks the tasks attach to, by network id.
     pub networks: Vec<NetworkAttachment>,
+    /// Swarm's health check, with Docker's defaults filled in; `None`: none (the image's
+    /// HEALTHCHECK is not read).
+    pub healthcheck: Option<HealthCheck>,
     /// Secrets given to the tasks (files under /run/secrets), by secret id.
     pub secrets: Vec<FileRef>,
     /// Configs given to the tasks (files at their target paths), by config id.
@@ -66,6 +69,26 @@ pub struct FileRef {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+}
+
+/// A health check run inside every container of the service (Docker's rules: healthy after one
+/// success, unhealthy after `retries` consecutive failures, failures within `start_period_ms`
+/// not counted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// `["NONE"]`, `["CMD", args...]` or `["CMD-SHELL", command line]`.
+    pub test: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+}
+
+impl HealthCheck {
+    /// Whether a check runs (a test other than NONE).
+    pub fn is_active(&self) -> bool {
+        self.test.first().is_some_and(|t| t != "NONE")
+    }
 }
 
 /// A service's attachment to a network.
@@ -96,6 +119,7 @@ impl Default for ServiceSpec {
             stop_grace_period_ms: 10_000,
             task_history_limit: 5,
             networks: Vec::new(),
+            healthcheck: None,
             secrets: Vec::new(),
             configs: Vec::new(),
         }
@@ -111,6 +135,12 @@ impl ServiceSpec {
     /// The desired state of a task that should be executing: COMPLETE for jobs, else RUNNING.
     pub fn run_state(&self) -> super::TaskState {
         if self.is_job() { super::TaskState::Complete } else { super::TaskState::Running }
+    }
+
+    /// Whether the tasks run a health check: they are routed to (DNS, VIPs) and counted as
+    /// running only once healthy.
+    pub fn has_health_check(&self) -> bool {
+        self.healthcheck.as_ref().is_some_and(HealthCheck::is_active)
     }
 
     /// The host-mode published ports `(port, protocol)`; ingress ports hold no host port.

@@ -92,6 +92,9 @@ pub struct TaskStatus {
     /// The task's address on each of its networks (network id -> IPv4 address, no prefix
     /// length), as its agent reported it.
     pub addresses: BTreeMap<String, String>,
+    /// "" (no health check, or none reported yet), "starting", "healthy" or "unhealthy", as
+    /// the agent last reported it.
+    pub health: String,
 }
 
 /// Restart bookkeeping, carried from a task to its replacement while the spec is unchanged.
