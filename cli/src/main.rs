@@ -48,6 +48,12 @@ enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Manage secrets (data never shown; mounted at /run/secrets in tasks).
+    #[command(subcommand)]
+    Secret(commands::secret::BlobCommand),
+    /// Manage configs (files mounted in tasks).
+    #[command(subcommand)]
+    Config(commands::secret::BlobCommand),
     /// Deploy and manage stacks of services from compose files.
     #[command(subcommand)]
     Stack(StackCommand),
@@ -69,6 +75,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(command) => commands::node::run(command, &target).await,
         Command::Service(command) => commands::service::run(command, &target).await,
         Command::Network(command) => commands::network::run(command, &target).await,
+        Command::Secret(command) => {
+            commands::secret::run(commands::secret::Kind::Secret, command, &target).await
+        }
+        Command::Config(command) => {
+            commands::secret::run(commands::secret::Kind::Config, command, &target).await
+        }
         Command::Stack(command) => commands::stack::run(command, &target).await,
         Command::JoinToken(args) => commands::join_token::run(args, &target).await,
         Command::Info(args) => commands::info::run(args, &target).await,

@@ -83,6 +83,10 @@ pub trait Images: Send + Sync + 'static {
         &self,
         keep: &Keep,
     ) -> impl Future<Output = Result<Option<Collected>, String>> + Send;
+    /// Where tasks' secrets and configs are written (see [`super::files`]).
+    fn files(&self) -> Option<Arc<super::files::TaskFiles>> {
+        None
+    }
 }
 
 /// The file in a task's container dir naming the pinned image its rootfs was made from.
@@ -747,6 +751,14 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
             };
             let mut cspec =
                 container_spec(&id, &prepared.rootfs, &spec, &prepared.config, &volumes);
+            if let Err(e) = super::files::mount_into(images.files(), &id, &spec, &mut cspec).await {
+                images.release(&id).await;
+                let mut st = status(&id, "rejected", "secrets and configs unavailable");
+                st.error = e;
+                statuses.push(st);
+                let _ = tx.send(Event::Prepared { id, spec: None });
+                return;
+            }
             let attached = match &overlay {
                 Some(overlay) => overlay.attach(&id, &spec).await,
                 None if spec.networks.is_empty() => Ok(None),

@@ -7,6 +7,7 @@
 
 pub mod container;
 pub mod executor;
+pub mod files;
 pub mod health;
 pub mod log_publisher;
 pub mod plan;
@@ -270,6 +271,16 @@ pub async fn serve<R: ContainerRuntime, I: Images>(
     let statuses = StatusQueue::default();
     let (tx, rx) = mpsc::channel(64);
     let logs: Arc<dyn log_publisher::LogSource> = runtime.clone();
+    // Secrets and configs of tasks whose container is gone (the agent stopped meanwhile).
+    let files = files::TaskFiles::new(data_dir);
+    match runtime.list().await {
+        Ok(list) => files.cleanup(&list.into_iter().map(|c| c.id).collect()),
+        Err(e) => tracing::warn!(error = %e, "cannot list containers to clean up secrets"),
+    }
+    let images = Arc::new(files::WithFiles {
+        images,
+        files: files.clone(),
+    });
     let mut executor = Executor::new(runtime, images, data_dir.join("volumes"), statuses.clone())
         .with_image_gc(image_gc);
     if let Some(overlay) = &overlay {
@@ -291,6 +302,7 @@ pub async fn serve<R: ContainerRuntime, I: Images>(
         hostname: config.hostname.clone(),
         advertise_addr: config.advertise_addr.clone(),
         manager_addrs: config.manager_addrs.clone(),
+        files: Some(files),
     };
     session::run(cfg, creds, tx, statuses, hook, logs, overlay).await;
     exec.abort();

@@ -26,6 +26,8 @@ pub struct SessionConfig {
     pub hostname: String,
     pub advertise_addr: String,
     pub manager_addrs: Vec<String>,
+    /// Keeps the secrets and configs the managers send.
+    pub files: Option<Arc<super::files::TaskFiles>>,
 }
 
 /// Called with the manager addresses whenever the managers announce new ones.
@@ -206,6 +208,9 @@ async fn session_once(
             std::mem::take(&mut msg.log_subscriptions),
             &msg.cancelled_log_subscriptions,
         );
+        if let Some(files) = &cfg.files {
+            files.apply(&mut msg);
+        }
         if let (Some(overlay), Some(views)) = (&local.overlay, msg.networks.take()) {
             overlay.set_views(views.networks);
         }

@@ -6,6 +6,7 @@ pub mod lab;
 pub mod network;
 pub mod node;
 mod node_view;
+pub mod secret;
 pub mod service;
 mod service_health;
 mod service_logs;

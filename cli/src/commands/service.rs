@@ -191,6 +191,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "NETWORK", value_parser = parse_network_attachment)]
     pub network: Vec<NetworkAttachment>,
     #[command(flatten)]
+    pub files: super::secret::FileArgs,
+    #[command(flatten)]
     pub health: HealthArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -292,6 +294,8 @@ pub struct UpdateArgs {
     /// Detach from a network: its name, id or unique id prefix (repeatable).
     #[arg(long = "network-rm", value_name = "NETWORK")]
     pub network_rm: Vec<String>,
+    #[command(flatten)]
+    pub files: super::secret::FileUpdateArgs,
     /// Replace the tasks even if nothing changed.
     #[arg(long)]
     pub force: bool,
@@ -415,6 +419,8 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
         stop_grace_period_ms: args.stop_grace_period.map(duration_ms),
         task_history_limit: None,
         networks: args.network.clone(),
+        secrets: args.files.secret.clone(),
+        configs: args.files.config.clone(),
         healthcheck: args.health.for_create()?,
         ..Default::default()
     })
@@ -654,12 +660,14 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         && args.constraint_rm.is_empty()
         && args.network_add.is_empty()
         && args.network_rm.is_empty()
+        && args.files.is_empty()
         && !args.health.any();
     if nothing && !args.force {
         bail!(
             "nothing to update: pass --replicas, --image, --env-add/--env-rm, \
              --label-add/--label-rm, --constraint-add/--constraint-rm, \
-             --network-add/--network-rm, --health-* or --force"
+             --network-add/--network-rm, --secret-add/--secret-rm, --config-add/--config-rm, \
+             --health-* or --force"
         );
     }
     let mut client = target.connect().await?.control();
@@ -689,6 +697,9 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         }
     }
     spec.networks.extend(args.network_add.iter().cloned());
+    args.files
+        .apply(&mut client, &args.service, &mut spec)
+        .await?;
     let updated: Service = rpc(client.update_service(UpdateServiceRequest {
         reference: service.id.clone(),
         version: service.version,
