@@ -422,7 +422,6 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
         secrets: args.files.secret.clone(),
         configs: args.files.config.clone(),
         healthcheck: args.health.for_create()?,
-        ..Default::default()
     })
 }
 

@@ -425,7 +425,6 @@ pub fn spec_to_proto(name: &str, labels: &BTreeMap<String, String>, spec: &Servi
             retries: Some(h.retries),
             start_period_ms: h.start_period_ms,
         }),
-        ..Default::default()
     }
 }
 
