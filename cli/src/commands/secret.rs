@@ -109,8 +109,8 @@ pub struct FileArgs {
     /// Give a secret to the tasks: NAME or source=NAME[,target=FILE,uid=,gid=,mode=] (repeatable); at /run/secrets/TARGET.
     #[arg(long, value_name = "SECRET", value_parser = parse_file_reference)]
     pub secret: Vec<FileReference>,
-    /// Give a config to the tasks: NAME or source=NAME[,target=PATH,uid=,gid=,mode=] (repeatable); at TARGET (default /NAME).
-    #[arg(long, value_name = "CONFIG", value_parser = parse_file_reference)]
+    /// Give a config to the tasks: NAME or source=NAME[,target=PATH,uid=,gid=,mode=] (repeatable); at TARGET (default /NAME). Docker's `--config`, which here names the admin config.
+    #[arg(long = "config-ref", id = "config_ref", value_name = "CONFIG", value_parser = parse_file_reference)]
     pub config: Vec<FileReference>,
 }
 

@@ -14,6 +14,7 @@ mod membership;
 mod network_cli;
 mod node_ps;
 mod quorum;
+mod secret_cli;
 mod security;
 mod service_cli;
 mod service_logs;
