@@ -328,3 +328,5 @@ pub async fn list_tasks(consensus: &Consensus, request: pb::ListTasksRequest) ->
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod health_tests;
