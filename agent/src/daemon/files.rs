@@ -26,6 +26,9 @@ pub const SECRETS_TARGET: &str = "/run/secrets";
 /// The size of a task's secrets tmpfs.
 const SECRETS_TMPFS_SIZE: u64 = 16 * 1024 * 1024;
 
+/// The data of one secret or config.
+type Data = Vec<u8>;
+
 #[derive(Default)]
 struct Received {
     secrets: HashMap<String, SecretData>,
@@ -86,7 +89,7 @@ impl TaskFiles {
     }
 
     /// The data of every reference, or the first missing one (`"secret NAME"`).
-    fn lookup(&self, spec: &ServiceSpec) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), String> {
+    fn lookup(&self, spec: &ServiceSpec) -> Result<(Vec<Data>, Vec<Data>), String> {
         let received = self.received.lock().unwrap_or_else(|e| e.into_inner());
         let get = |table: &HashMap<String, SecretData>, r: &FileReference, kind: &str| {
             table
