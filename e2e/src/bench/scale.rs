@@ -706,7 +706,17 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
                     ));
                 }
             }
-            Err(status) if client::is_transient(&status) => {}
+            Err(status) if client::is_transient(&status) => {
+                if last_report.elapsed() >= Duration::from_secs(5) {
+                    last_report = Instant::now();
+                    say(format!(
+                        "{:.1} s: ListServices failed ({}); {} sessions open",
+                        t0.elapsed().as_secs_f64(),
+                        describe(&status),
+                        agents.open_sessions()
+                    ));
+                }
+            }
             Err(status) => bail!("ListServices: {}", describe(&status)),
         }
         if deadline.passed() {
