@@ -84,6 +84,23 @@ async fn secret_cli_creates_hides_refuses_and_never_writes_plaintext() -> Result
     assert!(!db_pw_id.is_empty(), "{out:?}");
     let out = cli_with_stdin(&lab, &["secret", "create", "api_key", "-"], from_stdin)?;
     assert!(out.status.success(), "secret create from stdin: {out:?}");
+    // A joined manager holds the cluster's key too (handed over when it joined): it encrypts.
+    let joined = b"joined-secret-77aa01";
+    let out = cli_with_stdin(
+        &lab,
+        &["--host", lab.addr(2), "secret", "create", "via_m3", "-"],
+        joined,
+    )?;
+    assert!(
+        out.status.success(),
+        "secret create via a joined manager: {out:?}"
+    );
+    for i in 0..3 {
+        let key = lab.root().join(format!("m{}", i + 1)).join("secrets.key");
+        assert_eq!(std::fs::metadata(&key)?.len(), 32, "{}", key.display());
+    }
+    let out = lab.cli(&["secret", "rm", "via_m3"]).await?;
+    assert!(out.success, "secret rm via_m3: {out:?}");
     let out = lab.cli(&["secret", "create", "db_pw", "-"]).await?;
     assert!(!out.success, "a name twice: {out:?}");
     let out = lab
@@ -235,7 +252,11 @@ async fn secret_cli_creates_hides_refuses_and_never_writes_plaintext() -> Result
 
     // Neither plaintext is in any file of any manager (logs included).
     std::fs::remove_file(&file)?;
-    for secret in [from_file.as_slice(), from_stdin.as_slice()] {
+    for secret in [
+        from_file.as_slice(),
+        from_stdin.as_slice(),
+        joined.as_slice(),
+    ] {
         let found = files_containing(lab.root(), secret);
         assert!(found.is_empty(), "plaintext of a secret found in {found:?}");
     }
