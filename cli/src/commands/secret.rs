@@ -432,6 +432,59 @@ mod tests {
     }
 
     #[test]
+    fn service_flags_parse_beside_the_global_config() {
+        use clap::{CommandFactory, Parser};
+        crate::Cli::command().debug_assert();
+        let cli = crate::Cli::try_parse_from([
+            "cluster",
+            "--config",
+            "admin.json",
+            "service",
+            "create",
+            "--secret",
+            "pw",
+            "--config-ref",
+            "source=app.conf,target=/etc/app.conf",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.as_deref(),
+            Some(std::path::Path::new("admin.json"))
+        );
+        let crate::Command::Service(super::super::service::ServiceCommand::Create(args)) =
+            cli.command
+        else {
+            panic!("not service create");
+        };
+        assert_eq!(args.files.secret[0].source, "pw");
+        assert_eq!(args.files.config[0].target, "/etc/app.conf");
+        let cli = crate::Cli::try_parse_from([
+            "cluster",
+            "service",
+            "update",
+            "--secret-rm",
+            "old",
+            "--secret-add",
+            "new",
+            "--config-add",
+            "c",
+            "--config-rm",
+            "d",
+            "web",
+        ])
+        .unwrap();
+        let crate::Command::Service(super::super::service::ServiceCommand::Update(args)) =
+            cli.command
+        else {
+            panic!("not service update");
+        };
+        assert!(!args.files.is_empty());
+        assert_eq!(args.files.secret_rm, ["old"]);
+        assert_eq!(args.files.config_add[0].source, "c");
+    }
+
+    #[test]
     fn secret_data_is_never_shown() {
         let blob = Secret {
             id: "abcdefghijklmnop".into(),
