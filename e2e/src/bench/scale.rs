@@ -604,9 +604,6 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
     let mut lab = crate::Lab::cluster("bench-scale", 3, plan.tuning.clone()).await?;
     let leader = lab.wait_leader(crate::lab::CONVERGE_TIMEOUT).await?;
     let leader_addr = lab.addr(leader).to_string();
-    let leader_pid = lab.managers[leader]
-        .pid()
-        .ok_or_else(|| anyhow!("the leader has no process"))?;
     let leader_id = lab.info(leader).await?.leader_id;
     let mut control = lab.control(leader).await?;
     let token = client::join_token(&mut control, "worker", false)
@@ -673,6 +670,11 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
             Ok::<Duration, anyhow::Error>(t0.elapsed())
         })
     };
+    let mut pollers = Vec::new();
+    for i in 0..lab.managers.len() {
+        pollers.push(lab.control(i).await?);
+    }
+    let mut poll_on = leader;
     let mut creator = Some(creator);
     let mut create_s = None;
     let mut progress = Vec::new();
@@ -685,7 +687,9 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
             let took = c.await.context("the creator task")??;
             create_s = Some(took.as_secs_f64());
         }
-        match list_running(&mut control).await {
+        // Polled on the first leader; a manager that cannot answer (no quorum, lagging
+        // behind) hands the polling to the next one.
+        match list_running(&mut pollers[poll_on]).await {
             Ok((count, running, all_running)) => {
                 let elapsed = t0.elapsed();
                 progress.push((elapsed.as_secs_f64(), running));
@@ -707,6 +711,7 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
                 }
             }
             Err(status) if client::is_transient(&status) => {
+                poll_on = (poll_on + 1) % pollers.len();
                 if last_report.elapsed() >= Duration::from_secs(5) {
                     last_report = Instant::now();
                     say(format!(
@@ -738,15 +743,24 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
     };
     stop.store(true, Ordering::Relaxed);
     let (latencies, api_errors, api_first_error) = sampler.await.context("the sampler task")?;
+    // The leader at the end (the first one unless leadership moved).
+    let end_leader = match lab.info(poll_on).await {
+        Ok(info) => lab.index_of(info.leader_id).unwrap_or(leader),
+        Err(_) => leader,
+    };
+    let leader_pid = lab.managers[end_leader]
+        .pid()
+        .ok_or_else(|| anyhow!("the leader has no process"))?;
     let (vm_hwm, vm_rss) = proc_memory(leader_pid)?;
-    let nodes = client::list_nodes(&mut control, CALL_TIMEOUT)
+    let nodes = client::list_nodes(&mut pollers[end_leader], CALL_TIMEOUT)
         .await
         .map_err(|s| anyhow!("ListNodes: {}", describe(&s)))?;
     let not_ready = nodes
         .iter()
         .filter(|n| n.role == "worker" && n.state != "ready")
         .count();
-    let same_leader = lab.info(leader).await.map(|i| i.leader_id).ok() == Some(leader_id);
+    let same_leader =
+        end_leader == leader && lab.info(leader).await.map(|i| i.leader_id).ok() == Some(leader_id);
     let converge_s = converge.as_secs_f64();
     let result = RunResult {
         run,
