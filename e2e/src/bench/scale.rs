@@ -588,6 +588,9 @@ pub struct RunResult {
     pub nodes_not_ready_at_end: usize,
     /// Whether the leader at the end is the one the run started with.
     pub same_leader: bool,
+    /// The Raft term when the creates began and at the end (a higher one: elections during
+    /// the run).
+    pub raft_terms: (u64, u64),
     /// (seconds since the first create, tasks running) at every poll.
     pub progress: Vec<(f64, u64)>,
     pub agents: AgentStats,
@@ -604,7 +607,8 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
     let mut lab = crate::Lab::cluster("bench-scale", 3, plan.tuning.clone()).await?;
     let leader = lab.wait_leader(crate::lab::CONVERGE_TIMEOUT).await?;
     let leader_addr = lab.addr(leader).to_string();
-    let leader_id = lab.info(leader).await?.leader_id;
+    let start_info = lab.info(leader).await?;
+    let leader_id = start_info.leader_id;
     let mut control = lab.control(leader).await?;
     let token = client::join_token(&mut control, "worker", false)
         .await
@@ -759,8 +763,10 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
         .iter()
         .filter(|n| n.role == "worker" && n.state != "ready")
         .count();
+    let end_info = lab.info(end_leader).await.ok();
     let same_leader =
-        end_leader == leader && lab.info(leader).await.map(|i| i.leader_id).ok() == Some(leader_id);
+        end_leader == leader && end_info.as_ref().map(|i| i.leader_id) == Some(leader_id);
+    let end_term = end_info.map(|i| i.raft_term).unwrap_or(0);
     let converge_s = converge.as_secs_f64();
     let result = RunResult {
         run,
@@ -777,6 +783,7 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
         leader_vm_rss_kib: vm_rss,
         nodes_not_ready_at_end: not_ready,
         same_leader,
+        raft_terms: (start_info.raft_term, end_term),
         progress,
         agents: agents.counters.snapshot(),
     };

@@ -371,10 +371,12 @@ fn print_table(report: &Report) {
             a.reports,
             a.report_calls,
             a.report_failures,
-            if r.same_leader {
-                ""
-            } else {
-                "; THE LEADER CHANGED"
+            match (r.same_leader, r.raft_terms) {
+                (true, (a, b)) if a == b => String::new(),
+                (true, (a, b)) => format!("; elections during the run (Raft term {a} -> {b})"),
+                (false, (a, b)) => {
+                    format!("; THE LEADER CHANGED (Raft term {a} -> {b})")
+                }
             },
             r.api_first_error
                 .as_deref()
