@@ -79,6 +79,14 @@ struct SavedLink {
     address: Ipv4Addr,
 }
 
+/// One link of a container being attached, planned under the lock and made outside it.
+struct Wiring {
+    network_id: String,
+    network_name: String,
+    config: NetworkConfig,
+    attachment: Attachment,
+}
+
 /// A network set up on this host.
 struct LocalNetwork {
     config: NetworkConfig,
@@ -512,55 +520,55 @@ impl Overlay {
         let named: Vec<&NetworkView> = views.iter().filter(|v| !v.ingress).collect();
         let dns_view = named.first().copied().unwrap_or(&views[0]);
         let ids: Vec<String> = named.iter().map(|v| v.id.clone()).collect();
-        let mut st = self.state.lock().await;
-        if st.saved.tasks.contains_key(task_id) {
-            self.detach_locked(&mut st, task_id).await;
-        }
-        for view in &views {
-            self.ensure_network(&mut st, view).await?;
-        }
-        let netns_name = self.task_netns_name(task_id);
-        let n = netns_name.clone();
-        let netns = blocking(move || dataplane::create_named_netns(&n)).await?;
-        let stack = spec.labels.get(plan::STACK_LABEL).cloned();
-        st.saved.tasks.insert(
-            task_id.to_string(),
-            SavedTask {
-                netns: netns_name,
-                stack: stack.clone(),
-                links: Vec::new(),
-            },
-        );
-        let mut addresses = Vec::new();
-        for (i, view) in views.iter().enumerate() {
-            let linked = self.link(&mut st, task_id, &netns, i, view).await;
-            match linked {
-                Ok(address) => addresses.push(TaskAddress {
-                    network_id: view.id.clone(),
-                    address: address.to_string(),
-                }),
-                Err(e) => {
-                    self.detach_locked(&mut st, task_id).await;
-                    return Err(format!("network {}: {e}", view.name));
-                }
+        // Under the lock: the networks, and the task's addresses reserved (recorded before any
+        // link exists, so that a failure half-way is cleaned up too and no other task takes
+        // them). The links themselves are made after the lock is released, so that the
+        // containers of a burst are wired in parallel.
+        let (netns_name, wiring, gateway) = {
+            let mut st = self.state.lock().await;
+            if st.saved.tasks.contains_key(task_id) {
+                self.detach_locked(&mut st, task_id).await;
             }
-        }
+            for view in &views {
+                self.ensure_network(&mut st, view).await?;
+            }
+            let (wiring, links) = Self::reserve(&st, &views)?;
+            let gateway = st
+                .networks
+                .get(&dns_view.id)
+                .map(|n| n.config.subnet.gateway());
+            let netns_name = self.task_netns_name(task_id);
+            st.saved.tasks.insert(
+                task_id.to_string(),
+                SavedTask {
+                    netns: netns_name.clone(),
+                    stack: spec.labels.get(plan::STACK_LABEL).cloned(),
+                    links,
+                },
+            );
+            self.save(&st);
+            (netns_name, wiring, gateway)
+        };
+        let gateway = gateway.ok_or_else(|| "the network went away while attaching".to_string())?;
+        let wired = self.wire(&netns_name, wiring).await;
+        let (netns, addresses) = match wired {
+            Ok(w) => w,
+            Err(e) => {
+                self.detach(task_id).await;
+                return Err(e);
+            }
+        };
+        let stack = spec.labels.get(plan::STACK_LABEL).cloned();
         let asker = Asker::new(ids.iter().map(String::as_str), stack.as_deref());
         for a in &addresses {
             if let Ok(ip) = a.address.parse() {
                 self.sources.insert(ip, asker.clone());
             }
         }
-        self.save(&st);
-        let first = st
-            .networks
-            .get(&dns_view.id)
-            .map(|n| n.config.subnet.gateway())
-            .ok_or_else(|| "the network went away while attaching".to_string())?;
         let dir = self.settings.state_dir.join(task_id);
         let resolv_conf = dir.join("resolv.conf");
         std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&resolv_conf, plan::resolv_conf(first)))
+            .and_then(|()| std::fs::write(&resolv_conf, plan::resolv_conf(gateway)))
             .map_err(|e| format!("write {}: {e}", resolv_conf.display()))?;
         Ok(Some(Attached {
             netns,
@@ -569,45 +577,84 @@ impl Overlay {
         }))
     }
 
-    /// One veth from the container namespace to the network's bridge, with the next free address
-    /// of the lease.
-    async fn link(
-        &self,
-        st: &mut State,
-        task_id: &str,
-        netns: &Path,
-        index: usize,
-        view: &NetworkView,
-    ) -> Result<Ipv4Addr, String> {
-        let config = st
-            .networks
-            .get(&view.id)
-            .map(|n| n.config.clone())
-            .ok_or_else(|| "not set up on this host".to_string())?;
-        let address = plan::next_address(config.subnet, &st.used_addresses(&view.id))
-            .ok_or_else(|| format!("no free address left in {}", config.subnet))?;
-        let host_ifname = format!("c{:08x}", u32::from(address));
-        // Recorded before the link exists, so that a failure half-way is cleaned up too.
-        if let Some(t) = st.saved.tasks.get_mut(task_id) {
-            t.links.push(SavedLink {
+    /// The next free address of the node's lease on each of `views` for a new container, and
+    /// what linking it needs.
+    fn reserve(st: &State, views: &[NetworkView]) -> Result<(Vec<Wiring>, Vec<SavedLink>), String> {
+        let mut wiring = Vec::new();
+        let mut links: Vec<SavedLink> = Vec::new();
+        for (index, view) in views.iter().enumerate() {
+            let config = st
+                .networks
+                .get(&view.id)
+                .map(|n| n.config.clone())
+                .ok_or_else(|| format!("network {}: not set up on this host", view.name))?;
+            let mut used = st.used_addresses(&view.id);
+            used.extend(
+                links
+                    .iter()
+                    .filter(|l| l.network_id == view.id)
+                    .map(|l| l.address),
+            );
+            let address = plan::next_address(config.subnet, &used).ok_or_else(|| {
+                format!(
+                    "network {}: no free address left in {}",
+                    view.name, config.subnet
+                )
+            })?;
+            let network: Subnet = view
+                .subnet
+                .parse()
+                .map_err(|e| format!("network {}: subnet {:?}: {e}", view.name, view.subnet))?;
+            let host_ifname = format!("c{:08x}", u32::from(address));
+            links.push(SavedLink {
                 network_id: view.id.clone(),
                 host_ifname: host_ifname.clone(),
                 address,
             });
+            wiring.push(Wiring {
+                network_id: view.id.clone(),
+                network_name: view.name.clone(),
+                config,
+                attachment: Attachment {
+                    // Set by `wire` once the namespace exists.
+                    container_netns: PathBuf::new(),
+                    host_ifname,
+                    container_ifname: format!("eth{index}"),
+                    address,
+                    routes: vec![network],
+                },
+            });
         }
-        let network: Subnet = view
-            .subnet
-            .parse()
-            .map_err(|e| format!("subnet {:?}: {e}", view.subnet))?;
-        let attachment = Attachment {
-            container_netns: netns.to_path_buf(),
-            host_ifname,
-            container_ifname: format!("eth{index}"),
-            address,
-            routes: vec![network],
-        };
-        blocking(move || dataplane::attach_container(&config, &attachment)).await?;
-        Ok(address)
+        Ok((wiring, links))
+    }
+
+    /// Creates the container's namespace and its links (no lock held).
+    async fn wire(
+        &self,
+        netns_name: &str,
+        wiring: Vec<Wiring>,
+    ) -> Result<(PathBuf, Vec<TaskAddress>), String> {
+        let n = netns_name.to_string();
+        let netns = blocking(move || dataplane::create_named_netns(&n)).await?;
+        let mut addresses = Vec::new();
+        for w in wiring {
+            let Wiring {
+                network_id,
+                network_name,
+                config,
+                mut attachment,
+            } = w;
+            attachment.container_netns = netns.clone();
+            let address = attachment.address.to_string();
+            blocking(move || dataplane::attach_container(&config, &attachment))
+                .await
+                .map_err(|e| format!("network {network_name}: {e}"))?;
+            addresses.push(TaskAddress {
+                network_id,
+                address,
+            });
+        }
+        Ok((netns, addresses))
     }
 
     /// Removes the task's interfaces, namespace and addresses; idempotent.
