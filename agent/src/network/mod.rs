@@ -134,6 +134,8 @@ pub struct Overlay {
     table: DnsTable,
     sources: SourceMap,
     sync_wanted: Notify,
+    /// Whether the managers' views arrived at least once since the agent started.
+    views_received: std::sync::atomic::AtomicBool,
 }
 
 fn blocking_error(e: tokio::task::JoinError) -> String {
@@ -171,6 +173,7 @@ impl Overlay {
             table: DnsTable::new(),
             sources: SourceMap::new(),
             sync_wanted: Notify::new(),
+            views_received: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -259,6 +262,8 @@ impl Overlay {
         let (services, tasks) = plan::dns_records(&views);
         self.table.replace(services, tasks);
         self.views.send_replace(Arc::new(views));
+        self.views_received
+            .store(true, std::sync::atomic::Ordering::Release);
         self.sync_wanted.notify_one();
     }
 
@@ -266,17 +271,19 @@ impl Overlay {
     pub async fn run(self: Arc<Self>) {
         let mut repair = tokio::time::interval(REPAIR_INTERVAL);
         repair.tick().await;
-        let mut synced_once = false;
         loop {
             let force = tokio::select! {
                 () = self.sync_wanted.notified() => false,
                 _ = repair.tick() => true,
             };
-            // Nothing is known before the first views arrive: leave everything as it is.
-            if !synced_once && self.views.borrow().is_empty() && !force {
+            // Nothing is known before the managers' first views arrive (the session may take a
+            // while after a restart): leave everything as it is until then.
+            if !self
+                .views_received
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 continue;
             }
-            synced_once = true;
             let views = self.views.borrow().clone();
             let mut st = self.state.lock().await;
             if force {
@@ -312,10 +319,13 @@ impl Overlay {
             .iter()
             .map(|v| self.network_netns_name(&v.id))
             .collect();
-        let leftovers: Vec<String> = std::mem::take(&mut st.leftovers)
+        let prefix = self.network_netns_name("");
+        let (in_use, leftovers): (Vec<String>, Vec<String>) = std::mem::take(&mut st.leftovers)
             .into_iter()
             .filter(|n| !claimed.contains(n))
-            .collect();
+            .partition(|n| n.strip_prefix(&prefix).is_some_and(|id| st.in_use(id)));
+        // Still used by containers of ours: kept until they go.
+        st.leftovers = in_use.into_iter().collect();
         for name in leftovers {
             let n = name.clone();
             if let Err(e) = blocking(move || dataplane::delete_named_netns(&n)).await {
