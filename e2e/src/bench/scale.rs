@@ -730,11 +730,13 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
         }
         if deadline.passed() {
             stop.store(true, Ordering::Relaxed);
-            let last = progress.last().map(|p| p.1).unwrap_or(0);
+            let (at, last) = progress.last().copied().unwrap_or((0.0, 0));
             bail!(
-                "timed out after {:?}: {last} of {} tasks running (creates {}); agents: {:?}",
+                "timed out after {:?}: {last} of {} tasks running at the last answered poll \
+                 ({at:.1} s after the first create; {} polls answered) (creates {}); agents: {:?}",
                 plan.timeout,
                 plan.tasks(),
+                progress.len(),
                 if creator.is_some() {
                     "still running"
                 } else {
