@@ -14,3 +14,4 @@ fi
 ./target/debug/bench-containers --quick --json target/bench-containers-quick.json
 ./target/debug/bench-dns --quick
 ./target/debug/bench-overlay --quick --json target/bench-overlay-quick.json
+./target/debug/bench-scale --quick --json target/bench-scale-quick.json
