@@ -190,15 +190,16 @@ async fn run_session(
     let first = {
         let store = context.consensus.state.read();
         let networks = views.full(&store);
-        let needed = files.full(&store, &context.consensus.data_key);
-        context.message(&store, tracker.full(&store), Some(networks), needed)
+        let update = tracker.full(&store);
+        let needed = files.full(&store, &context.consensus.data_key, tracker.task_ids());
+        context.message(&store, update, Some(networks), needed)
     };
     if outgoing.send(Ok(first)).await.is_err() {
         return;
     }
     let mut metrics = context.consensus.raft.metrics();
     loop {
-        let mut batch: Vec<Event> = Vec::new();
+        let mut batch: Vec<Arc<Event>> = Vec::new();
         let mut reset = false;
         tokio::select! {
             () = replaced.notified() => {
@@ -236,12 +237,12 @@ async fn run_session(
             if !store.nodes.contains_key(&context.node_id) {
                 None
             } else {
-                let update = if reset { tracker.full(&store) } else { tracker.delta(&batch) };
+                let update = if reset { tracker.full(&store) } else { tracker.delta(batch.iter().map(|e| &**e)) };
                 let networks = views.refresh(&store, &batch, reset);
                 let needed = if reset {
-                    files.full(&store, &context.consensus.data_key)
-                } else if files::relevant(&batch, &context.node_id) {
-                    files.refresh(&store, &context.consensus.data_key)
+                    files.full(&store, &context.consensus.data_key, tracker.task_ids())
+                } else if files::relevant(batch.iter().map(|e| &**e), &context.node_id) {
+                    files.refresh_among(&store, &context.consensus.data_key, tracker.task_ids())
                 } else {
                     FilesUpdate::default()
                 };

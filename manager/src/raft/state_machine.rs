@@ -55,13 +55,12 @@ struct SmData {
     store: Store,
 }
 
-/// What watchers of the store receive.
-// Events dominate and Resets are rare: boxing the event would cost an allocation per event.
-#[allow(clippy::large_enum_variant)]
+/// What watchers of the store receive. Every subscriber receives a clone of each item: the event
+/// is shared, so that a clone costs a reference count and not a deep copy per subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Watched {
     /// One change, made by the entry at log `index`.
-    Event { index: u64, event: Event },
+    Event { index: u64, event: Arc<Event> },
     /// The whole state was replaced (snapshot installed) up to `index`: resync from
     /// [`StateHandle::read`].
     Reset { index: u64 },
@@ -221,7 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => Response::Ok,
                     EntryPayload::Normal(command) => {
                         let (response, events) = data.store.apply(index, &command);
-                        watched.extend(events.into_iter().map(|event| Watched::Event { index, event }));
+                        watched.extend(events.into_iter().map(|event| Watched::Event { index, event: Arc::new(event) }));
                         response
                     }
                     EntryPayload::Membership(membership) => {

@@ -47,6 +47,12 @@ impl Tracker {
         Update { full: true, assignments, removed: Vec::new() }
     }
 
+    /// The ids of the tasks the agent was told about (those assigned to the node as of the last
+    /// `full` and the events since).
+    pub fn task_ids(&self) -> impl Iterator<Item = &String> + '_ {
+        self.sent.keys()
+    }
+
     /// The changes `events` make to what the agent was told.
     pub fn delta<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Update {
         let mut assignments: BTreeMap<String, Task> = BTreeMap::new();

@@ -4,15 +4,26 @@
 
 use super::assignments::assigned_to;
 use crate::secrets::DataKey;
-use crate::store::{Event, Object, Store};
+use crate::store::{Event, Object, Store, Task};
 use proto::v1 as pb;
 use std::collections::BTreeSet;
 
 /// The ids of the secrets and of the configs that the tasks assigned to `node_id` reference.
+#[cfg(test)]
 pub fn needed(store: &Store, node_id: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    referenced(store.tasks.values().filter(|t| assigned_to(t, node_id)))
+}
+
+/// [`needed`] among the tasks `task_ids` (a session's assigned tasks, so that only the node's own
+/// tasks are looked at, not the whole table): those of them still assigned to `node_id`.
+pub fn needed_among<'a>(store: &Store, node_id: &str, task_ids: impl IntoIterator<Item = &'a String>) -> (BTreeSet<String>, BTreeSet<String>) {
+    referenced(task_ids.into_iter().filter_map(|id| store.tasks.get(id)).filter(|t| assigned_to(t, node_id)))
+}
+
+fn referenced<'a>(tasks: impl Iterator<Item = &'a Task>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut secrets = BTreeSet::new();
     let mut configs = BTreeSet::new();
-    for task in store.tasks.values().filter(|t| assigned_to(t, node_id)) {
+    for task in tasks {
         secrets.extend(task.spec.secrets.iter().map(|f| f.id.clone()));
         configs.extend(task.spec.configs.iter().map(|f| f.id.clone()));
     }
@@ -65,11 +76,12 @@ impl FileTracker {
         FileTracker { node_id: node_id.to_string(), ..Default::default() }
     }
 
-    /// Everything the node needs (after a full assignment set: the agent replaces what it had).
-    pub fn full(&mut self, store: &Store, key: &DataKey) -> FilesUpdate {
+    /// Everything the tasks `task_ids` need (after a full assignment set of those tasks: the agent
+    /// replaces what it had).
+    pub fn full<'a>(&mut self, store: &Store, key: &DataKey, task_ids: impl IntoIterator<Item = &'a String>) -> FilesUpdate {
         self.secrets.clear();
         self.configs.clear();
-        let mut update = self.refresh(store, key);
+        let mut update = self.refresh_among(store, key, task_ids);
         update.removed_secrets.clear();
         update.removed_configs.clear();
         update
@@ -77,8 +89,20 @@ impl FileTracker {
 
     /// The difference between what the node needs now and what was sent. A secret that cannot
     /// be decrypted is logged and not sent (the agent rejects its tasks after a while).
+    #[cfg(test)]
     pub fn refresh(&mut self, store: &Store, key: &DataKey) -> FilesUpdate {
-        let (secrets, configs) = needed(store, &self.node_id);
+        let needed = needed(store, &self.node_id);
+        self.send(store, key, needed)
+    }
+
+    /// [`refresh`](Self::refresh) when the node's assigned tasks are among `task_ids` (those its
+    /// session told the agent about): only they are looked at.
+    pub fn refresh_among<'a>(&mut self, store: &Store, key: &DataKey, task_ids: impl IntoIterator<Item = &'a String>) -> FilesUpdate {
+        let needed = needed_among(store, &self.node_id, task_ids);
+        self.send(store, key, needed)
+    }
+
+    fn send(&mut self, store: &Store, key: &DataKey, (secrets, configs): (BTreeSet<String>, BTreeSet<String>)) -> FilesUpdate {
         let mut update = FilesUpdate::default();
         for id in secrets.difference(&self.secrets) {
             let Some(blob) = store.secrets.get(id) else { continue };
@@ -155,7 +179,7 @@ mod tests {
         let t1 = task("t1", "n1", TaskState::Assigned, &["s1"], &["c1"]);
         store.tasks.insert("t1".into(), t1);
         let mut tracker = FileTracker::new("n1");
-        let first = tracker.full(&store, &key);
+        let first = tracker.full(&store, &key, [&"t1".to_string()]);
         assert_eq!(first.secrets, [pb::SecretData { id: "s1".into(), name: "name-s1".into(), data: b"top".to_vec() }]);
         assert_eq!(first.configs.len(), 1);
         assert!(tracker.refresh(&store, &key).is_empty(), "sent once");

@@ -8,6 +8,7 @@
 use crate::ipam::{node_ip, task_network_ids, vip_id};
 use crate::store::{EndpointMode, Event, Object, PublishMode, ServiceMode, Store, TaskState};
 use proto::v1 as pb;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// The service label naming the stack a service belongs to.
@@ -187,12 +188,12 @@ impl ViewTracker {
     /// The views to send after `events` (or a reset of the event stream), if they differ from
     /// the last ones sent. Nothing is recomputed when no event concerns networks, nor while the
     /// node holds no lease and was last told of none.
-    pub fn refresh(&mut self, store: &Store, events: &[Event], reset: bool) -> Option<pb::NetworkViews> {
-        if !reset && !events.iter().any(concerns_networks) {
+    pub fn refresh<E: Borrow<Event>>(&mut self, store: &Store, events: &[E], reset: bool) -> Option<pb::NetworkViews> {
+        if !reset && !events.iter().any(|e| concerns_networks(e.borrow())) {
             return None;
         }
-        let own_lease = |event: &Event| {
-            let (Event::Created(object) | Event::Updated(object) | Event::Deleted(object)) = event;
+        let own_lease = |event: &E| {
+            let (Event::Created(object) | Event::Updated(object) | Event::Deleted(object)) = event.borrow();
             matches!(object, Object::SubnetLease(lease) if lease.node_id == self.node_id)
         };
         if reset || events.iter().any(own_lease) {
@@ -489,7 +490,7 @@ mod tests {
         let t3 = store.tasks["t3"].clone();
         let sent = tracker.refresh(&store, &[Event::Updated(Object::Task(t3.clone()))], false).expect("a new record");
         assert_eq!(sent.networks[0].tasks.len(), 4);
-        assert_eq!(tracker.refresh(&store, &[], true), None, "a reset with nothing new sends nothing");
+        assert_eq!(tracker.refresh(&store, &[] as &[Event], true), None, "a reset with nothing new sends nothing");
 
         // The lease goes: the agent is told once that it has no networks left.
         let gone = store.subnet_leases.remove(&crate::ipam::lease_id("n1", "a")).unwrap();
