@@ -30,3 +30,54 @@ pub fn write_report(
     println!("\nJSON: {}", path.display());
     Ok(path)
 }
+
+/// One line of a benchmark's table: what was measured, the value, the target, whether it was
+/// met (`None`: no target) and the runs behind it.
+#[derive(serde::Serialize, Debug, Clone)]
+pub struct Figure {
+    pub what: String,
+    pub value: String,
+    pub target: String,
+    pub met: Option<bool>,
+    pub runs: String,
+}
+
+/// Prints `figures` as an aligned table (figure, value, target, met, runs).
+pub fn print_figures(figures: &[Figure]) {
+    let headers = ["figure", "value", "target", "met", "runs"];
+    let rows: Vec<[String; 5]> = figures
+        .iter()
+        .map(|f| {
+            let met = match f.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            };
+            [
+                f.what.clone(),
+                f.value.clone(),
+                f.target.clone(),
+                met.to_string(),
+                f.runs.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers);
+    line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}

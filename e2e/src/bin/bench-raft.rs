@@ -15,6 +15,7 @@
 
 use anyhow::{Result, anyhow};
 use clap::Parser;
+use e2e::bench::Figure;
 use e2e::client::{self, Control, describe, write_label};
 use e2e::lab::CONVERGE_TIMEOUT;
 use e2e::writes::first_accepted_write;
@@ -83,15 +84,6 @@ struct Failover {
     samples_ms: Vec<f64>,
     summary: Summary,
     errors: Vec<String>,
-}
-
-#[derive(Serialize, Debug)]
-struct Figure {
-    what: String,
-    value: String,
-    target: String,
-    met: Option<bool>,
-    runs: String,
 }
 
 #[derive(Serialize, Debug)]
@@ -416,43 +408,7 @@ fn print_table(report: &Report) {
         report.profile, report.settings
     );
     println!("write: {}", report.write_op);
-    let headers = ["figure", "value", "target", "met", "runs"];
-    let rows: Vec<[String; 5]> = report
-        .figures
-        .iter()
-        .map(|f| {
-            let met = match f.met {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "",
-            };
-            [
-                f.what.clone(),
-                f.value.clone(),
-                f.target.clone(),
-                met.to_string(),
-                f.runs.clone(),
-            ]
-        })
-        .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-        }
-        println!("{}", out.trim_end());
-    };
-    line(headers);
-    line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
-    for row in &rows {
-        line(row.each_ref().map(String::as_str));
-    }
+    e2e::bench::print_figures(&report.figures);
     for t in &report.throughput {
         if t.errors > 0 {
             println!(

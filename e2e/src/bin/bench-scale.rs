@@ -20,6 +20,7 @@
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use e2e::bench::Figure;
 use e2e::bench::scale::{self, Plan, RunResult};
 use e2e::{Summary, Tuning};
 use serde::Serialize;
@@ -74,15 +75,6 @@ const DEFAULT_SETTINGS: &str = "fsync on, manager defaults (Raft heartbeat 50 ms
 const TARGET_PLACEMENTS_PER_SEC: f64 = 20_000.0;
 const ANCHORS: &str = "Nomad C1M about 3,750/s; kube-scheduler 700-1,100 pods/s";
 const SIMULATED: &str = "simulated agents: real mTLS gRPC sessions and heartbeats against the real managers; a fake runtime that reports RUNNING without starting containers";
-
-#[derive(Serialize, Debug)]
-struct Figure {
-    what: String,
-    value: String,
-    target: String,
-    met: Option<bool>,
-    runs: String,
-}
 
 #[derive(Serialize, Debug)]
 struct Report {
@@ -320,43 +312,7 @@ fn print_table(report: &Report) {
         "runs: {} (first create to all running: min {:.0} / median {:.0} / max {:.0} ms)",
         convergence.count, convergence.min_ms, convergence.p50_ms, convergence.max_ms
     );
-    let headers = ["figure", "value", "target", "met", "runs"];
-    let rows: Vec<[String; 5]> = report
-        .figures
-        .iter()
-        .map(|f| {
-            let met = match f.met {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "",
-            };
-            [
-                f.what.clone(),
-                f.value.clone(),
-                f.target.clone(),
-                met.to_string(),
-                f.runs.clone(),
-            ]
-        })
-        .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-        }
-        println!("{}", out.trim_end());
-    };
-    line(headers);
-    line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
-    for row in &rows {
-        line(row.each_ref().map(String::as_str));
-    }
+    e2e::bench::print_figures(&report.figures);
     for r in &report.runs {
         let a = &r.agents;
         println!(
