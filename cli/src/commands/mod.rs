@@ -39,3 +39,20 @@ where
     }
     (done, failed)
 }
+
+/// The arguments of `network ls`, `secret ls` and `config ls`.
+#[derive(Debug, clap::Args)]
+pub struct ObjectLsArgs {
+    /// Only print ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Filter: id=PREFIX, name=PREFIX, label=K or K=V.
+    #[arg(short, long, value_name = "KEY=VALUE", value_parser = crate::parse::parse_filter)]
+    pub filter: Vec<(String, String)>,
+    /// Do not truncate ids.
+    #[arg(long = "no-trunc")]
+    pub no_trunc: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::output::Format::Table)]
+    pub format: crate::output::Format,
+}

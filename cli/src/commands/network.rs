@@ -12,7 +12,7 @@ use crate::connect::{Target, rpc};
 use crate::output::{
     Format, InspectFormat, format_time_ms, json, key_values, print, print_inspected, table,
 };
-use crate::parse::{filter_map, parse_filter, parse_label};
+use crate::parse::{filter_map, parse_label};
 
 /// The filters `network ls` accepts.
 const NETWORK_FILTER_KEYS: [&str; 3] = ["id", "name", "label"];
@@ -51,21 +51,8 @@ pub struct CreateArgs {
     pub name: String,
 }
 
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Only print network ids.
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Filter: id=PREFIX, name=PREFIX, label=K or K=V.
-    #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_filter)]
-    pub filter: Vec<(String, String)>,
-    /// Do not truncate ids.
-    #[arg(long = "no-trunc")]
-    pub no_trunc: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-}
+/// `network ls` takes the arguments every object list takes.
+pub type LsArgs = super::ObjectLsArgs;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {

@@ -17,7 +17,7 @@ use crate::connect::{Target, rpc};
 use crate::output::{
     Format, InspectFormat, format_time_ms, json, key_values, print, print_inspected, table,
 };
-use crate::parse::{filter_map, parse_filter, parse_label};
+use crate::parse::{filter_map, parse_label};
 
 const FILTER_KEYS: [&str; 3] = ["id", "name", "label"];
 /// The managers' limit on a secret's or config's data.
@@ -67,21 +67,8 @@ pub struct CreateArgs {
     pub file: String,
 }
 
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Only print ids.
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Filter: id=PREFIX, name=PREFIX, label=K or K=V.
-    #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_filter)]
-    pub filter: Vec<(String, String)>,
-    /// Do not truncate ids.
-    #[arg(long = "no-trunc")]
-    pub no_trunc: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-}
+/// `secret ls` and `config ls` take the arguments every object list takes.
+pub type LsArgs = super::ObjectLsArgs;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
