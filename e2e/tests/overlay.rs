@@ -23,6 +23,11 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const WEB: &str = "mkdir -p /www && hostname > /www/index.html && httpd -p 8080 -h /www && \
                    trap 'exit 0' TERM && while true; do sleep 1; done";
 
+/// A fetch of `url` bounded to 3 s (busybox wget's own `-T` crashes in this static build).
+fn wget(url: &str) -> [&str; 8] {
+    ["busybox", "timeout", "3", "wget", "-q", "-O", "-", url]
+}
+
 /// The running tasks of `service`.
 fn running(list: &[Value]) -> Vec<&Value> {
     list.iter().filter(|t| is_running(t)).collect()
@@ -223,16 +228,7 @@ fn overlay_networks_across_hosts() {
     let mut answered = BTreeSet::new();
     let mut last = String::new();
     while answered.len() < 2 && started.elapsed() < CONVERGE {
-        let out = in_client(&[
-            "busybox",
-            "timeout",
-            "3",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://web:8080/",
-        ]);
+        let out = in_client(&wget("http://web:8080/"));
         last = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -266,16 +262,7 @@ fn overlay_networks_across_hosts() {
         resolved(&ok_in_client(&["nslookup", "webrr"])),
         task_addrs(&webrr)
     );
-    let page = ok_in_client(&[
-        "busybox",
-        "timeout",
-        "3",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        "http://webrr:8080/",
-    ]);
+    let page = ok_in_client(&wget("http://webrr:8080/"));
     let webrr_hosts: BTreeSet<String> = webrr
         .iter()
         .filter_map(|t| Some(t["id"].as_str()?.chars().take(12).collect()))
@@ -335,16 +322,7 @@ fn overlay_networks_across_hosts() {
     .expect("create iso");
     let iso = wait_addressed(&lab, "iso", &other, 1).remove(0);
     let iso_addr = address_on(&iso, &other).unwrap();
-    let out = in_client(&[
-        "busybox",
-        "timeout",
-        "3",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        &format!("http://{iso_addr}:8080/"),
-    ]);
+    let out = in_client(&wget(&format!("http://{iso_addr}:8080/")));
     assert!(
         !out.status.success(),
         "a task on `other` must not be reachable from `backend`"
@@ -385,12 +363,8 @@ fn overlay_networks_across_hosts() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let both_id = running(&both)[0]["id"].as_str().unwrap().to_string();
     for target in ["http://web:8080/", "http://iso:8080/"] {
-        lab.exec_in_task_ok(
-            2,
-            &both_id,
-            &["busybox", "timeout", "3", "wget", "-q", "-O", "-", target],
-        )
-        .unwrap_or_else(|e| panic!("`both` fetches {target}: {e:#}"));
+        lab.exec_in_task_ok(2, &both_id, &wget(target))
+            .unwrap_or_else(|e| panic!("`both` fetches {target}: {e:#}"));
     }
 
     // 6. MTU: a 1422-byte don't-fragment ping (1450 bytes on the wire) crosses hosts, 1423 not.
@@ -436,16 +410,7 @@ fn overlay_networks_across_hosts() {
     let in_client = |args: &[&str]| lab.exec_in_task(1, &client_id, args).expect("runc exec");
     let started = Instant::now();
     let fetched = loop {
-        let out = in_client(&[
-            "busybox",
-            "timeout",
-            "3",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://web:8080/",
-        ]);
+        let out = in_client(&wget("http://web:8080/"));
         if out.status.success() || started.elapsed() > CONVERGE {
             break out.status.success();
         }
@@ -506,11 +471,7 @@ fn overlay_networks_across_hosts() {
     // From h1 (no task there) and from h2, to every host's address.
     let fetch = |from: usize, url: &str| -> Option<String> {
         let out = lab
-            .exec_in(
-                from,
-                "busybox",
-                &["timeout", "3", "wget", "-q", "-O", "-", url],
-            )
+            .exec_in(from, "busybox", &wget(url)[1..])
             .expect("wget from a host");
         out.status
             .success()
