@@ -74,7 +74,11 @@ pub fn render_ruleset(local_subnet: Subnet, services: &[VipService]) -> String {
         "\t\ttype nat hook prerouting priority dstnat; policy accept;"
     );
     for (vip, backends) in vips.iter().filter(|(_, b)| !b.is_empty()) {
-        let _ = writeln!(out, "\t\tip daddr {vip} dnat to {}", pick(backends));
+        let _ = writeln!(
+            out,
+            "\t\tip daddr {vip} dnat to {}",
+            pick(&backends.iter().copied().collect::<Vec<_>>())
+        );
     }
     let _ = writeln!(out, "\t}}");
 
@@ -107,10 +111,11 @@ pub fn render_ruleset(local_subnet: Subnet, services: &[VipService]) -> String {
     out
 }
 
-/// The DNAT target expression for a non-empty, sorted set of backends.
-fn pick(backends: &BTreeSet<Ipv4Addr>) -> String {
-    if backends.len() == 1 {
-        return backends.iter().next().unwrap().to_string();
+/// The DNAT target expression for a non-empty, sorted set of backends: the one backend, or one
+/// picked by `numgen random` (also used by [`super::mesh`]).
+pub(super) fn pick(backends: &[Ipv4Addr]) -> String {
+    if let [one] = backends {
+        return one.to_string();
     }
     let entries: Vec<String> = backends
         .iter()

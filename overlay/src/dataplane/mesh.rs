@@ -55,24 +55,11 @@ pub struct PublishedPort {
 }
 
 fn dnat_rule(p: &PublishedPort, backends: &[Ipv4Addr]) -> String {
-    let to = if backends.len() == 1 {
-        backends[0].to_string()
-    } else {
-        let map: Vec<String> = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("{i} : {b}"))
-            .collect();
-        format!(
-            "numgen random mod {} map {{ {} }}",
-            backends.len(),
-            map.join(", ")
-        )
-    };
     format!(
-        "{} dport {} dnat to {to} : {}",
+        "{} dport {} dnat to {} : {}",
         p.protocol.keyword(),
         p.published,
+        super::lb::pick(backends),
         p.target
     )
 }

@@ -26,8 +26,8 @@ use std::path::PathBuf;
 
 pub use nl::{
     attach_container, bind_in_netns, create_named_netns, delete_named_netns, detach_container,
-    detach_veth, ensure_network, link_has_address, observe_remotes, reconcile_remotes, teardown_network,
-    underlay_mtu,
+    detach_veth, ensure_network, link_has_address, observe_remotes, reconcile_remotes,
+    teardown_network, underlay_mtu,
 };
 
 /// Name of the bridge inside a network's namespace.
