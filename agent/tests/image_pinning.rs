@@ -132,6 +132,7 @@ async fn create_pins_the_digest_and_scale_keeps_it() {
             spec: Some(scaled),
             force: false,
             no_resolve_image: false,
+            rollback: false,
         })
         .await
         .unwrap()
@@ -161,6 +162,7 @@ async fn create_pins_the_digest_and_scale_keeps_it() {
             spec: Some(changed.clone()),
             force: false,
             no_resolve_image: false,
+            rollback: false,
         })
         .await
         .unwrap()

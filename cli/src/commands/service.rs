@@ -431,6 +431,7 @@ async fn create(args: CreateArgs, target: &Target) -> anyhow::Result<()> {
     let service = rpc(client.create_service(CreateServiceRequest {
         spec: Some(spec),
         no_resolve_image: args.no_resolve_image,
+        rollback: false,
     }))
     .await?;
     print_warnings(&service);
@@ -589,6 +590,7 @@ async fn scale(args: ScaleArgs, target: &Target) -> anyhow::Result<()> {
                 force: false,
                 // The image is unchanged: the manager keeps it as recorded.
                 no_resolve_image: false,
+                rollback: false,
             }))
             .await?;
             print(&format!("{reference} scaled to {replicas}\n"))?;

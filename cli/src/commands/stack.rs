@@ -223,6 +223,7 @@ async fn deploy(args: DeployArgs, target: &Target) -> anyhow::Result<()> {
                 let service = rpc(client.create_service(CreateServiceRequest {
                     spec: Some(spec),
                     no_resolve_image: args.no_resolve_image,
+                    ..Default::default()
                 }))
                 .await?;
                 print_warnings(&service);

@@ -4,8 +4,9 @@
 
 use crate::scheduler::{parse_constraint, parse_preference};
 use crate::store::{
-    EndpointMode, EndpointSpec, HealthCheck, Mount, MountKind, NetworkAttachment, Placement, PortConfig, Protocol, PublishMode, ResourceAmounts,
-    Resources, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
+    EndpointMode, EndpointSpec, FailureAction, HealthCheck, Mount, MountKind, NetworkAttachment, Placement, PortConfig,
+    Protocol, PublishMode, ResourceAmounts, Resources, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
+    UpdateConfig, UpdateOrder,
 };
 use proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -76,8 +77,56 @@ pub fn spec_from_proto(spec: &pb::ServiceSpec) -> Result<ValidSpec, Status> {
             healthcheck: healthcheck(spec.healthcheck.as_ref())?,
             secrets: super::secrets::file_refs("secrets", &spec.secrets)?,
             configs: super::secrets::file_refs("configs", &spec.configs)?,
+            update_config: update_config("update_config", spec.update_config.as_ref())?,
+            rollback_config: update_config("rollback_config", spec.rollback_config.as_ref())?,
+            force_update: spec.force_update,
         },
     })
+}
+
+/// An update or rollback config with Swarm's defaults filled in. A rollback cannot fail over
+/// to another rollback.
+fn update_config(name: &str, config: Option<&pb::UpdateConfig>) -> Result<UpdateConfig, Status> {
+    let Some(config) = config else { return Ok(UpdateConfig::default()) };
+    let field = |f: &str| format!("spec.{name}.{f}");
+    let defaults = UpdateConfig::default();
+    let failure_action = match config.failure_action.as_str() {
+        "" | "pause" => FailureAction::Pause,
+        "continue" => FailureAction::Continue,
+        "rollback" if name == "update_config" => FailureAction::Rollback,
+        other => {
+            let allowed = if name == "update_config" { "pause, continue or rollback" } else { "pause or continue" };
+            return Err(invalid(&field("failure_action"), format!("{other:?} is invalid: use {allowed}")));
+        }
+    };
+    let order = match config.order.as_str() {
+        "" | "stop-first" => UpdateOrder::StopFirst,
+        "start-first" => UpdateOrder::StartFirst,
+        other => return Err(invalid(&field("order"), format!("{other:?} is invalid: use stop-first or start-first"))),
+    };
+    let ratio = config.max_failure_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(invalid(&field("max_failure_ratio"), format!("{ratio} is invalid: use a fraction from 0 to 1")));
+    }
+    Ok(UpdateConfig {
+        parallelism: config.parallelism.unwrap_or(defaults.parallelism),
+        delay_ms: config.delay_ms,
+        failure_action,
+        monitor_ms: config.monitor_ms.unwrap_or(defaults.monitor_ms),
+        max_failure_ppm: (f64::from(ratio) * 1_000_000.0).round() as u32,
+        order,
+    })
+}
+
+pub fn update_config_to_proto(config: &UpdateConfig) -> pb::UpdateConfig {
+    pb::UpdateConfig {
+        parallelism: Some(config.parallelism),
+        delay_ms: config.delay_ms,
+        failure_action: config.failure_action.as_str().into(),
+        monitor_ms: Some(config.monitor_ms),
+        max_failure_ratio: config.max_failure_ppm as f32 / 1_000_000.0,
+        order: config.order.as_str().into(),
+    }
 }
 
 /// Docker's health check defaults: every 30 s, 30 s allowed per probe, unhealthy after 3
@@ -425,6 +474,9 @@ pub fn spec_to_proto(name: &str, labels: &BTreeMap<String, String>, spec: &Servi
             retries: Some(h.retries),
             start_period_ms: h.start_period_ms,
         }),
+        update_config: Some(update_config_to_proto(&spec.update_config)),
+        rollback_config: Some(update_config_to_proto(&spec.rollback_config)),
+        force_update: spec.force_update,
     }
 }
 

@@ -3,9 +3,11 @@
 
 use super::image_pin::ImageResolver;
 use super::service_spec::{spec_from_proto, spec_to_proto};
-use crate::consensus::Consensus;
+use crate::consensus::{Consensus, now_ms};
 use crate::ids::new_id;
-use crate::store::{Change, Kind, Meta, Object, Op, Service, ServiceMode, Store, Task, TaskState};
+use crate::store::{
+    Change, Kind, Meta, Object, Op, Service, ServiceMode, Store, Task, TaskState, UpdateState, UpdateStatus,
+};
 use proto::v1 as pb;
 use std::collections::HashMap;
 use tonic::Status;
@@ -60,6 +62,17 @@ pub fn service_to_proto(store: &Store, service: &Service) -> pb::Service {
         job_iteration: service.job_iteration,
         warnings: Vec::new(),
         virtual_ips: super::convert::virtual_ips_to_proto(store, service),
+        update_status: service.update_status.as_ref().map(|status| {
+            let outdated = live().filter(|t| !t.spec.same_task_as(&service.spec)).count() as u64;
+            pb::UpdateStatus {
+                state: status.state.as_str().into(),
+                started_at_ms: status.started_ms,
+                completed_at_ms: status.completed_ms,
+                message: status.message.clone(),
+                remaining: outdated,
+                total: desired,
+            }
+        }),
     }
 }
 
@@ -158,6 +171,7 @@ pub async fn create(
         spec: valid.spec,
         previous_spec: None,
         job_iteration: 0,
+        update_status: None,
     };
     let id = service.meta.id.clone();
     consensus.write(Op::Batch(vec![Change::Create(Object::Service(service))])).await?;
@@ -166,22 +180,19 @@ pub async fn create(
 }
 
 /// Updates a service. A changed image is pinned as in [`create`]; an unchanged one is kept as the
-/// service has it.
+/// service has it. A change to what the tasks run (or `force`) starts a rolling update, which
+/// the updater carries out ([`crate::orchestrator::reconcile_all`]); `rollback` goes back to the
+/// previous spec instead.
 pub async fn update(
     consensus: &Consensus,
     images: &ImageResolver,
     request: pb::UpdateServiceRequest,
 ) -> Result<pb::Service, Status> {
+    if request.rollback {
+        return rollback(consensus, &request.reference, request.version).await;
+    }
     let mut spec = request.spec.ok_or_else(|| Status::invalid_argument("invalid service spec: spec: required"))?;
-    let (current, live) = consensus
-        .read(|store| {
-            find_service(store, &request.reference).map(|s| {
-                let live: Vec<Task> =
-                    store.tasks.values().filter(|t| t.service_id == s.meta.id && t.is_live()).cloned().collect();
-                (s.clone(), live)
-            })
-        })
-        .await??;
+    let current = consensus.read(|store| find_service(store, &request.reference).cloned()).await??;
     if spec.name.is_empty() {
         spec.name = current.name.clone();
     }
@@ -199,12 +210,7 @@ pub async fn update(
             current.name
         )));
     }
-    if request.version != 0 && request.version != current.meta.version {
-        return Err(Status::aborted(format!(
-            "service {} changed since it was read (version {} expected, {} found); read it again",
-            current.name, request.version, current.meta.version
-        )));
-    }
+    check_version(&current, request.version)?;
     publish_ports(consensus, &current.meta.id, &mut valid.spec, Some(&current.spec)).await?;
     let warnings: Vec<String> = images
         .pin(&mut valid.spec.image, Some(&current.spec.image), request.no_resolve_image)
@@ -212,30 +218,71 @@ pub async fn update(
         .into_iter()
         .collect();
     let mut updated = current.clone();
+    valid.spec.force_update = valid.spec.force_update.max(current.spec.force_update);
+    if request.force && updated.spec.is_job() {
+        updated.job_iteration += 1;
+    } else if request.force {
+        valid.spec.force_update += 1;
+    }
     if valid.spec != current.spec {
         updated.previous_spec = Some(Box::new(current.spec.clone()));
     }
+    if !valid.spec.is_job() && !valid.spec.same_task_as(&current.spec) {
+        updated.update_status = Some(UpdateStatus {
+            started_ms: now_ms(),
+            message: "update in progress".into(),
+            ..UpdateStatus::default()
+        });
+    }
     updated.labels = valid.labels;
     updated.spec = valid.spec;
-    let mut changes = Vec::new();
-    if request.force {
-        if updated.spec.is_job() {
-            updated.job_iteration += 1;
-        } else {
-            // Until the update supervisor rolls tasks, a forced update replaces them all at once.
-            for task in live {
-                let expected_version = Some(task.meta.version);
-                let mut task = task;
-                task.desired_state = TaskState::Shutdown;
-                changes.push(Change::Update { object: Object::Task(task), expected_version });
-            }
-        }
-    }
     let id = current.meta.id.clone();
-    changes.insert(0, Change::Update { object: Object::Service(updated), expected_version: Some(current.meta.version) });
-    consensus.write(Op::Batch(changes)).await?;
+    let change = Change::Update { object: Object::Service(updated), expected_version: Some(current.meta.version) };
+    consensus.write(Op::Batch(vec![change])).await?;
     tracing::info!(service = %id, force = request.force, "service updated");
     Ok(pb::Service { warnings, ..read_back(consensus, &id).await? })
+}
+
+/// Refuses an update computed from an older read of the service (`version` 0: no check).
+fn check_version(current: &Service, version: u64) -> Result<(), Status> {
+    if version != 0 && version != current.meta.version {
+        return Err(Status::aborted(format!(
+            "service {} changed since it was read (version {} expected, {} found); read it again",
+            current.name, version, current.meta.version
+        )));
+    }
+    Ok(())
+}
+
+/// Docker's `service rollback`: the previous spec becomes the spec (and the current one the
+/// previous), rolled out with the rollback config.
+async fn rollback(consensus: &Consensus, reference: &str, version: u64) -> Result<pb::Service, Status> {
+    let current = consensus.read(|store| find_service(store, reference).cloned()).await??;
+    check_version(&current, version)?;
+    let Some(previous) = current.previous_spec.clone() else {
+        return Err(Status::failed_precondition(format!(
+            "service {} has no previous spec to roll back to",
+            current.name
+        )));
+    };
+    let mut spec = *previous;
+    publish_ports(consensus, &current.meta.id, &mut spec, Some(&current.spec)).await?;
+    let mut updated = current.clone();
+    updated.previous_spec = Some(Box::new(current.spec.clone()));
+    if !spec.is_job() && !spec.same_task_as(&current.spec) {
+        updated.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackStarted,
+            started_ms: now_ms(),
+            message: "manually requested rollback".into(),
+            ..UpdateStatus::default()
+        });
+    }
+    updated.spec = spec;
+    let id = current.meta.id.clone();
+    let change = Change::Update { object: Object::Service(updated), expected_version: Some(current.meta.version) };
+    consensus.write(Op::Batch(vec![change])).await?;
+    tracing::info!(service = %id, "service rolled back");
+    read_back(consensus, &id).await
 }
 
 pub async fn remove(consensus: &Consensus, request: pb::RemoveServiceRequest) -> Result<pb::RemoveServiceResponse, Status> {

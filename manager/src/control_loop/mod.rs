@@ -1,7 +1,8 @@
 //! The leader's control loop runner: I/O glue around the pure loops. While this manager leads
 //! it runs a round ([`plan_round`]: orchestrators, then scheduler) when it becomes leader,
 //! after every applied change (bursts coalesced: events that queue up while a round or its
-//! write runs are taken together) and when a delayed restart falls due, and proposes each
+//! write runs are taken together) and when a delayed restart or a rolling update step falls due
+//! ([`next_update_due`]), and proposes each
 //! non-empty batch as one `Op::Batch`.
 //!
 //! Bounded: a batch refused for a version conflict is recomputed on the next change only (a
@@ -15,7 +16,7 @@ pub use round::plan_round;
 
 use crate::consensus::{Consensus, now_ms};
 use crate::ids::new_id;
-use crate::orchestrator::next_restart_due;
+use crate::orchestrator::{next_restart_due, next_update_due};
 use crate::raft::{Metrics, Watched};
 use crate::store::{Op, Response};
 use std::future::Future;
@@ -107,8 +108,11 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
             let now = now_ms();
             let mut ids = new_id;
             let changes = plan_round(&store, now, &mut ids);
-            let restart_at = next_restart_due(&store)
+            let restart_at = [next_restart_due(&store), next_update_due(store.services.values())]
+                .into_iter()
+                .flatten()
                 .filter(|&due| due > now)
+                .min()
                 .map(|due| Instant::now() + Duration::from_millis(u64::try_from(due - now).unwrap_or(0)));
             (changes, restart_at)
         };

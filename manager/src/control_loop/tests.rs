@@ -15,6 +15,7 @@ fn service(name: &str, replicas: u64, constraints: &[&str]) -> Service {
         spec,
         previous_spec: None,
         job_iteration: 0,
+        update_status: None,
     }
 }
 

@@ -170,6 +170,7 @@ mod tests {
                 spec: spec(ports),
                 previous_spec: None,
                 job_iteration: 0,
+                update_status: None,
             };
             store.services.insert(service.meta.id.clone(), service);
         }

@@ -254,6 +254,7 @@ fn service_on(id: &str, networks: &[&str]) -> crate::store::Service {
         },
         previous_spec: None,
         job_iteration: 0,
+        update_status: None,
     }
 }
 

@@ -66,6 +66,14 @@ pub(crate) fn shut_down<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Vec<Un
     tasks.into_iter().map(|t| vec![set_desired(t, TaskState::Shutdown)]).collect()
 }
 
+/// Which slot a task fills: its service and slot, and for global tasks (slot 0) its node.
+pub(crate) type SlotKey<'a> = (&'a str, u64, &'a str);
+
+pub(crate) fn slot_key(task: &Task) -> SlotKey<'_> {
+    let node = if task.slot == 0 { task.node_id.as_deref().unwrap_or_default() } else { "" };
+    (task.service_id.as_str(), task.slot, node)
+}
+
 /// The tasks of each service, in id order.
 pub(crate) fn tasks_by_service(store: &Store) -> HashMap<&str, Vec<&Task>> {
     let mut map: HashMap<&str, Vec<&Task>> = HashMap::new();

@@ -39,17 +39,25 @@ pub(crate) fn units(
         } else if fit.satisfied_by(node) == Some(false) {
             units.extend(shut_down(live));
         } else {
-            units.extend(shut_down(extras(live)));
+            units.extend(shut_down(extras(service, live)));
         }
     }
     units
 }
 
-/// All but one of the live tasks on a node: the one kept is running if any, else the newest.
-fn extras(mut live: Vec<&Task>) -> Vec<&Task> {
-    live.sort_by_key(|t| (t.status.state == TaskState::Running, t.meta.created_at_ms, t.meta.id.clone()));
-    live.pop();
-    live
+/// All but one of the live tasks on a node (the one kept is running if any, else the newest),
+/// counted apart for tasks that match the spec and those a rolling update will replace: during a
+/// start-first update a node holds one of each.
+fn extras<'a>(service: &Service, live: Vec<&'a Task>) -> Vec<&'a Task> {
+    let (mut current, mut outdated): (Vec<&Task>, Vec<&Task>) =
+        live.into_iter().partition(|t| t.spec.same_task_as(&service.spec));
+    let mut extras = Vec::new();
+    for group in [&mut current, &mut outdated] {
+        group.sort_by_key(|t| (t.status.state == TaskState::Running, t.meta.created_at_ms, t.meta.id.clone()));
+        group.pop();
+        extras.append(group);
+    }
+    extras
 }
 
 #[cfg(test)]

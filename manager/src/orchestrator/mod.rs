@@ -18,6 +18,7 @@ mod nodes;
 mod reaper;
 mod replicated;
 mod restart;
+mod update;
 
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -29,6 +30,7 @@ pub use nodes::reconcile_nodes;
 pub use reaper::{reconcile_reaper, reconcile_removed_services};
 pub use replicated::reconcile_replicated;
 pub use restart::{next_restart_due, reconcile_restart_delays, reconcile_restarts};
+pub use update::next_update_due;
 
 use crate::store::{Change, Service, ServiceMode, Store, Task};
 use common::{Plan, Unit, tasks_by_service, tasks_of};
@@ -38,12 +40,15 @@ pub fn reconcile_service(store: &Store, service: &Service, now_ms: i64, ids: &mu
     service_units(store, service, &tasks_of(store, &service.meta.id), now_ms, ids).into_iter().flatten().collect()
 }
 
+/// The units of the service's mode orchestrator, then those of its rolling update.
 fn service_units(store: &Store, service: &Service, tasks: &[&Task], now_ms: i64, ids: &mut dyn IdSource) -> Vec<Unit> {
-    match service.spec.mode {
+    let mut units = match service.spec.mode {
         ServiceMode::Replicated { .. } => replicated::units(service, tasks, now_ms, ids),
         ServiceMode::Global => global::units(store, service, tasks, now_ms, ids),
         ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => jobs::units(store, service, tasks, now_ms, ids),
-    }
+    };
+    units.extend(update::units(service, tasks, now_ms, ids));
+    units
 }
 
 /// Every control loop in one conflict-free batch, in this order: service removal, node changes

@@ -18,7 +18,8 @@
 //! so the slot is not refilled. Every decision depends only on the store, so a task the policy
 //! gave up on gets the same answer on every pass.
 
-use super::common::{Fit, IdSource, Unit, new_task, set_desired};
+use super::common::{Fit, IdSource, SlotKey, Unit, is_finished, new_task, set_desired, slot_key};
+use std::collections::HashSet;
 use crate::store::{Change, Object, RestartCondition, RestartInfo, Service, ServiceMode, Store, Task, TaskState};
 
 /// Replaces the ended tasks whose restart policy allows it.
@@ -70,7 +71,7 @@ fn plan(store: &Store, service: &Service, task: &Task) -> Option<RestartPlan> {
         ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. } => None,
     };
     let end = if task.status.timestamp_ms > 0 { task.status.timestamp_ms } else { task.meta.updated_at_ms };
-    let info = next_restart(task, spec == &task.spec, end)?;
+    let info = next_restart(task, spec.same_task_as(&task.spec), end)?;
     Some(RestartPlan { node_id, info, end })
 }
 
@@ -126,11 +127,21 @@ pub fn reconcile_restart_delays(store: &Store, now_ms: i64) -> Vec<Change> {
     delay_units(store, now_ms).into_iter().flatten().collect()
 }
 
+/// A READY task also waits for the other tasks of its slot (or node, global) that are still
+/// stopping: a stop-first rolling update creates the replacement READY beside the old task.
 pub(crate) fn delay_units(store: &Store, now_ms: i64) -> Vec<Unit> {
-    store
+    let due: Vec<&Task> = store
         .tasks
         .values()
         .filter(|t| t.desired_state == TaskState::Ready && t.restart.not_before_ms <= now_ms)
+        .collect();
+    if due.is_empty() {
+        return Vec::new();
+    }
+    let stopping: HashSet<SlotKey> =
+        store.tasks.values().filter(|t| !t.is_live() && !is_finished(store, t)).map(slot_key).collect();
+    due.into_iter()
+        .filter(|t| !stopping.contains(&slot_key(t)))
         .map(|t| vec![set_desired(t, t.spec.run_state())])
         .collect()
 }

@@ -76,6 +76,7 @@ impl Sim {
             spec,
             previous_spec: None,
             job_iteration: 0,
+            update_status: None,
         };
         self.apply(vec![Change::Create(Object::Service(service))]);
         id

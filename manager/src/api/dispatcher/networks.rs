@@ -275,6 +275,7 @@ mod tests {
             },
             previous_spec: None,
             job_iteration: 0,
+            update_status: None,
         }
     }
 

@@ -18,6 +18,7 @@ fn service(name: &str, secrets: &[&str], configs: &[&str]) -> Service {
         spec: ServiceSpec { secrets: refs(secrets), configs: refs(configs), ..ServiceSpec::default() },
         previous_spec: None,
         job_iteration: 0,
+        update_status: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn store(check: Option<&[&str]>) -> Store {
         spec: spec.clone(),
         previous_spec: None,
         job_iteration: 0,
+        update_status: None,
     };
     store.services.insert("s".into(), service);
     for t in [

@@ -89,6 +89,7 @@ async fn create_list_get_scale_remove_round_trip() {
         spec: Some(spec("web", 5)),
         force: false,
         no_resolve_image: false,
+        rollback: false,
     };
     let status = control.update_service(scale(current.version - 1)).await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted, "{}", status.message());

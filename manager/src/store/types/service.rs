@@ -18,6 +18,119 @@ pub struct Service {
     pub previous_spec: Option<Box<ServiceSpec>>,
     /// Jobs only: bumped to run the job again; tasks of older iterations are shut down.
     pub job_iteration: u64,
+    /// The last rolling update or rollback; `None` until an update first replaces tasks.
+    pub update_status: Option<UpdateStatus>,
+}
+
+/// Where a rolling update stands (Swarm's states), and what the updater keeps between rounds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_ms: i64,
+    /// 0 while in progress.
+    pub completed_ms: i64,
+    pub message: String,
+    /// The replacement tasks being watched, with the time each was first seen running (and
+    /// healthy); 0 while it is still starting.
+    pub watching: BTreeMap<String, i64>,
+    /// Replacement tasks that failed while watched.
+    pub failures: u64,
+    /// No further task is replaced before this time (the delay after the last one ran).
+    pub next_batch_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateState {
+    #[default]
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    /// Whether the updater is replacing tasks.
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    pub fn is_rollback(self) -> bool {
+        matches!(self, UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+    }
+}
+
+/// Swarm's update_config / rollback_config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once; 0: all.
+    pub parallelism: u64,
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    pub monitor_ms: u64,
+    /// Failed replacements tolerated, in millionths of the tasks replaced (0 to 1,000,000).
+    pub max_failure_ppm: u32,
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ppm: 0,
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+impl FailureAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+impl UpdateOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+    }
 }
 
 /// Everything needed to run the tasks of a service.
@@ -55,6 +168,10 @@ pub struct ServiceSpec {
     pub secrets: Vec<FileRef>,
     /// Configs given to the tasks (files at their target paths), by config id.
     pub configs: Vec<FileRef>,
+    pub update_config: UpdateConfig,
+    pub rollback_config: UpdateConfig,
+    /// Bumped by a forced update, so that every task differs from the spec.
+    pub force_update: u64,
 }
 
 /// A secret or config given to a service's tasks. `id` is resolved from the name or id prefix
@@ -122,6 +239,9 @@ impl Default for ServiceSpec {
             healthcheck: None,
             secrets: Vec::new(),
             configs: Vec::new(),
+            update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::default(),
+            force_update: 0,
         }
     }
 }
@@ -141,6 +261,57 @@ impl ServiceSpec {
     /// running only once healthy.
     pub fn has_health_check(&self) -> bool {
         self.healthcheck.as_ref().is_some_and(HealthCheck::is_active)
+    }
+
+    /// Whether a task created from `self` runs just as one created from `other` would: every
+    /// field but those that only steer the orchestrators (mode, update and rollback configs,
+    /// history limit) and the endpoint (routing follows the service, not the task). A task
+    /// whose spec differs is replaced by the rolling updater.
+    pub fn same_task_as(&self, other: &ServiceSpec) -> bool {
+        // Destructured so that a new field must be placed on one side of this line or the other.
+        let ServiceSpec {
+            image,
+            entrypoint,
+            command,
+            env,
+            labels,
+            hostname,
+            user,
+            workdir,
+            mounts,
+            resources,
+            restart,
+            placement,
+            mode: _,
+            endpoint: _,
+            stop_grace_period_ms,
+            task_history_limit: _,
+            networks,
+            healthcheck,
+            secrets,
+            configs,
+            update_config: _,
+            rollback_config: _,
+            force_update,
+        } = self;
+        *image == other.image
+            && *entrypoint == other.entrypoint
+            && *command == other.command
+            && *env == other.env
+            && *labels == other.labels
+            && *hostname == other.hostname
+            && *user == other.user
+            && *workdir == other.workdir
+            && *mounts == other.mounts
+            && *resources == other.resources
+            && *restart == other.restart
+            && *placement == other.placement
+            && *stop_grace_period_ms == other.stop_grace_period_ms
+            && *networks == other.networks
+            && *healthcheck == other.healthcheck
+            && *secrets == other.secrets
+            && *configs == other.configs
+            && *force_update == other.force_update
     }
 
     /// The host-mode published ports `(port, protocol)`; ingress ports hold no host port.
