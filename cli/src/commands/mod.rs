@@ -10,6 +10,7 @@ pub mod secret;
 pub mod service;
 mod service_health;
 mod service_logs;
+mod service_rollout;
 mod service_view;
 pub mod stack;
 mod task_list;

@@ -1,4 +1,5 @@
-//! `cluster service create|ls|ps|inspect|scale|update|rm` (`logs` is in `service_logs`).
+//! `cluster service create|ls|ps|inspect|scale|update|rollback|rm` (`logs` is in
+//! `service_logs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use tonic::transport::Channel;
 use super::for_each_ref;
 use super::network::parse_network_attachment;
 use super::service_health::HealthArgs;
+use super::service_rollout::{RolloutArgs, update_outcome, update_progress};
 use super::service_view::{
     converged, inspect_pretty, mode_kind, progress, services_table, sort_services,
 };
@@ -48,6 +50,8 @@ pub enum ServiceCommand {
     Scale(ScaleArgs),
     /// Update a service.
     Update(Box<UpdateArgs>),
+    /// Go back to a service's previous spec.
+    Rollback(RollbackArgs),
     /// Remove services.
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
@@ -195,6 +199,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub health: HealthArgs,
     #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
     /// Image to run.
     #[arg(value_name = "IMAGE")]
@@ -305,6 +311,17 @@ pub struct UpdateArgs {
     #[command(flatten)]
     pub health: HealthArgs,
     #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Service id, unique id prefix or name.
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
     pub wait: WaitArgs,
     /// Service id, unique id prefix or name.
     #[arg(value_name = "SERVICE")]
@@ -327,6 +344,7 @@ pub async fn run(command: ServiceCommand, target: &Target) -> anyhow::Result<()>
         ServiceCommand::Inspect(args) => inspect(args, target).await,
         ServiceCommand::Scale(args) => scale(args, target).await,
         ServiceCommand::Update(args) => update(*args, target).await,
+        ServiceCommand::Rollback(args) => rollback(args, target).await,
         ServiceCommand::Rm(args) => rm(args, target).await,
         ServiceCommand::Logs(args) => super::service_logs::run(args, target).await,
     }
@@ -342,6 +360,9 @@ fn amounts(cpu: Option<u64>, memory: Option<u64>, pids: Option<u64>) -> Option<R
 
 /// The spec for `service create`; the manager validates it (errors name the field).
 fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
+    let (mut update_config, mut rollback_config) = (None, None);
+    args.rollout
+        .apply(&mut update_config, &mut rollback_config)?;
     let mode = args.mode.unwrap_or_default();
     if args.replicas.is_some() && matches!(mode, Mode::Global | Mode::GlobalJob) {
         bail!("--replicas cannot be used with --mode {}", mode.kind());
@@ -422,6 +443,9 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
         secrets: args.files.secret.clone(),
         configs: args.files.config.clone(),
         healthcheck: args.health.for_create()?,
+        update_config,
+        rollback_config,
+        force_update: 0,
     })
 }
 
@@ -431,13 +455,12 @@ async fn create(args: CreateArgs, target: &Target) -> anyhow::Result<()> {
     let service = rpc(client.create_service(CreateServiceRequest {
         spec: Some(spec),
         no_resolve_image: args.no_resolve_image,
-        rollback: false,
     }))
     .await?;
     print_warnings(&service);
     print(&format!("{}\n", service.id))?;
     if !args.wait.detach {
-        wait_converged(&mut client, &service.id, args.wait.timeout).await?;
+        wait_converged(&mut client, &service.id, args.wait.timeout, Awaited::Tasks).await?;
     }
     Ok(())
 }
@@ -449,12 +472,41 @@ fn print_warnings(service: &Service) {
     }
 }
 
-/// Polls the service until it converges, printing a progress line on stderr whenever it
-/// changes. Gives up (successfully) after `timeout`: convergence goes on in the background.
+/// What a command waits for besides the tasks running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awaited {
+    /// Nothing: the tasks running is enough (create, scale, an update that replaces no task).
+    Tasks,
+    /// The rolling update the command started: it fails if the update pauses or rolls back.
+    Update,
+    /// The rollback the command started.
+    Rollback,
+}
+
+impl Awaited {
+    /// What to wait for after an update call answered `service`.
+    fn after(service: &Service, rollback: bool) -> Self {
+        let started = service
+            .update_status
+            .as_ref()
+            .is_some_and(|s| matches!(s.state.as_str(), "updating" | "rollback_started"));
+        match (started, rollback) {
+            (false, _) => Awaited::Tasks,
+            (true, false) => Awaited::Update,
+            (true, true) => Awaited::Rollback,
+        }
+    }
+}
+
+/// Polls the service until it converges (and its update ends, if one is awaited), printing
+/// a progress line on stderr whenever it changes. Gives up (successfully) after `timeout`:
+/// convergence goes on in the background. An awaited update that pauses or rolls back is an
+/// error.
 async fn wait_converged(
     client: &mut ControlClient<Channel>,
     reference: &str,
     timeout: Duration,
+    awaited: Awaited,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last = String::new();
@@ -463,12 +515,25 @@ async fn wait_converged(
             reference: reference.to_string(),
         }))
         .await?;
-        let line = progress(&service);
+        let mut line = progress(&service);
+        if let Some(update) = update_progress(&service).filter(|_| awaited != Awaited::Tasks) {
+            line = format!("{line}, {update}");
+        }
         if line != last {
             eprintln!("{line}");
             last = line;
         }
-        if converged(&service) {
+        let update_done = match awaited {
+            Awaited::Tasks => true,
+            Awaited::Update | Awaited::Rollback => {
+                match update_outcome(&service, awaited == Awaited::Rollback) {
+                    None => false,
+                    Some(Ok(())) => true,
+                    Some(Err(reason)) => bail!("{reason}"),
+                }
+            }
+        };
+        if update_done && converged(&service) {
             let name = service.spec.map(|s| s.name).unwrap_or_default();
             eprintln!("{name}: converged");
             return Ok(());
@@ -601,7 +666,7 @@ async fn scale(args: ScaleArgs, target: &Target) -> anyhow::Result<()> {
     if !args.wait.detach {
         for id in scaled {
             let mut client = client.clone();
-            if let Err(e) = wait_converged(&mut client, &id, args.wait.timeout).await {
+            if let Err(e) = wait_converged(&mut client, &id, args.wait.timeout, Awaited::Tasks).await {
                 eprintln!("error: {id}: {e:#}");
                 failed = Some(crate::output::Reported);
             }
@@ -636,6 +701,8 @@ fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> anyhow::Result<()>
     }
     spec.labels.extend(labels_add);
     args.health.update(&mut spec.healthcheck)?;
+    args.rollout
+        .apply(&mut spec.update_config, &mut spec.rollback_config)?;
     if !args.constraint_add.is_empty() || !args.constraint_rm.is_empty() {
         let placement = spec.placement.get_or_insert_with(Placement::default);
         placement
@@ -662,13 +729,14 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         && args.network_add.is_empty()
         && args.network_rm.is_empty()
         && args.files.is_empty()
-        && !args.health.any();
+        && !args.health.any()
+        && !args.rollout.any();
     if nothing && !args.force {
         bail!(
             "nothing to update: pass --replicas, --image, --env-add/--env-rm, \
              --label-add/--label-rm, --constraint-add/--constraint-rm, \
              --network-add/--network-rm, --secret-add/--secret-rm, --config-add/--config-rm, \
-             --health-* or --force"
+             --health-*, --update-*/--rollback-* or --force"
         );
     }
     let mut client = target.connect().await?.control();
@@ -707,12 +775,30 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         spec: Some(spec),
         force: args.force,
         no_resolve_image: args.no_resolve_image,
+        rollback: false,
     }))
     .await?;
     print_warnings(&updated);
     print(&format!("{}\n", args.service))?;
     if !args.wait.detach {
-        wait_converged(&mut client, &updated.id, args.wait.timeout).await?;
+        let awaited = Awaited::after(&updated, false);
+        wait_converged(&mut client, &updated.id, args.wait.timeout, awaited).await?;
+    }
+    Ok(())
+}
+
+async fn rollback(args: RollbackArgs, target: &Target) -> anyhow::Result<()> {
+    let mut client = target.connect().await?.control();
+    let service: Service = rpc(client.update_service(UpdateServiceRequest {
+        reference: args.service.clone(),
+        rollback: true,
+        ..Default::default()
+    }))
+    .await?;
+    print(&format!("{}\n", args.service))?;
+    if !args.wait.detach {
+        let awaited = Awaited::after(&service, true);
+        wait_converged(&mut client, &service.id, args.wait.timeout, awaited).await?;
     }
     Ok(())
 }

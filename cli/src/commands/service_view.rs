@@ -265,6 +265,10 @@ pub fn converged(service: &Service) -> bool {
     }
 }
 
+fn or_default(value: &str, default: &str) -> String {
+    if value.is_empty() { default } else { value }.to_string()
+}
+
 fn ms(d: Option<u64>, default: &str) -> String {
     d.map_or_else(
         || default.to_string(),
@@ -311,6 +315,15 @@ pub fn inspect_pretty(service: &Service) -> String {
     entries.push(("Created at", format_time_ms(service.created_at_ms)));
     entries.push(("Updated at", format_time_ms(service.updated_at_ms)));
     entries.push(("Version", service.version.to_string()));
+    if let Some(status) = &service.update_status {
+        entries.push(("UpdateStatus", String::new()));
+        entries.push((" State", status.state.clone()));
+        entries.push((" Started", format_time_ms(status.started_at_ms)));
+        if status.completed_at_ms != 0 {
+            entries.push((" Completed", format_time_ms(status.completed_at_ms)));
+        }
+        entries.push((" Message", status.message.clone()));
+    }
     if let Some(p) = &spec.placement
         && (!p.constraints.is_empty() || !p.preferences.is_empty() || p.max_replicas_per_node != 0)
     {
@@ -347,6 +360,19 @@ pub fn inspect_pretty(service: &Service) -> String {
             restart.max_attempts.to_string()
         },
     ));
+    for (key, config) in [
+        ("UpdateConfig", &spec.update_config),
+        ("RollbackConfig", &spec.rollback_config),
+    ] {
+        let Some(config) = config else { continue };
+        entries.push((key, String::new()));
+        entries.push((" Parallelism", config.parallelism.unwrap_or(1).to_string()));
+        entries.push((" Delay", ms(Some(config.delay_ms), "0s")));
+        entries.push((" On failure", or_default(&config.failure_action, "pause")));
+        entries.push((" Monitoring period", ms(config.monitor_ms, "5s")));
+        entries.push((" Max failure ratio", config.max_failure_ratio.to_string()));
+        entries.push((" Update order", or_default(&config.order, "stop-first")));
+    }
     entries.push(("ContainerSpec", String::new()));
     entries.push((" Image", spec.image.clone()));
     if !spec.entrypoint.is_empty() {

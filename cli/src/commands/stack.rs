@@ -237,6 +237,7 @@ async fn deploy(args: DeployArgs, target: &Target) -> anyhow::Result<()> {
                     spec: Some(spec),
                     force: false,
                     no_resolve_image: args.no_resolve_image,
+                    rollback: false,
                 }))
                 .await?;
                 print_warnings(&service);
