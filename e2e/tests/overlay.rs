@@ -74,9 +74,7 @@ fn wait_addressed_any(lab: &NetLab, service: &str, n: usize) -> Vec<Value> {
 
 /// The host number (1-based) of the node a task runs on.
 fn host_of(lab: &NetLab, task: &Value) -> usize {
-    let names = lab.node_names().expect("node ls");
-    let host = &names[task["node_id"].as_str().unwrap_or_default()];
-    host.trim_start_matches('h').parse().expect("a worker host")
+    lab.host_of(task).expect("a worker host")
 }
 
 /// The A records busybox nslookup printed for a name (the server's own address left out).

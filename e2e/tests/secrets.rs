@@ -7,9 +7,8 @@
 //! fails under CI=true). Build the binaries first: `cargo build --workspace --bins`.
 
 use e2e::netlab::services::{SLEEPER, is_running};
-use e2e::netlab::{self, NetLab};
+use e2e::netlab::{self, NetLab, disk};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -38,49 +37,6 @@ fn cli_with_stdin(lab: &NetLab, args: &[&str], input: &[u8]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The tmpfs mount points on this machine.
-fn tmpfs_mounts() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut fields = l.split_whitespace();
-            let (point, kind) = (fields.nth(1)?, fields.next()?);
-            (kind == "tmpfs").then(|| PathBuf::from(point))
-        })
-        .collect()
-}
-
-/// The regular files under `dir` (tmpfs mounts and other file systems' special files left out)
-/// whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let skip = tmpfs_mounts();
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                if !skip.contains(&path) {
-                    stack.push(path);
-                }
-            } else if kind.is_file()
-                && let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[test]
@@ -162,13 +118,13 @@ fn a_service_reads_its_secrets_and_no_disk_holds_them() {
     assert!(!write.status.success(), "/run/secrets is writable");
     let secrets_dir = lab.agent_dir(1).join("secrets").join(&task_id);
     assert!(
-        tmpfs_mounts().contains(&secrets_dir),
+        disk::tmpfs_mounts().contains(&secrets_dir),
         "no tmpfs at {}",
         secrets_dir.display()
     );
 
     // 3. No disk of the lab holds the plaintext (the tmpfs excluded).
-    let found = files_containing(&netlab::lab_dir("scrt"), plaintext);
+    let found = disk::files_containing(&netlab::lab_dir("scrt"), plaintext);
     assert!(found.is_empty(), "the plaintext is on disk: {found:?}");
 
     // 4. The tmpfs goes with the task.
@@ -182,6 +138,6 @@ fn a_service_reads_its_secrets_and_no_disk_holds_them() {
         "{} is still there",
         secrets_dir.display()
     );
-    assert!(!tmpfs_mounts().contains(&secrets_dir));
+    assert!(!disk::tmpfs_mounts().contains(&secrets_dir));
     lab.cli(&["secret", "rm", "pw"]).expect("secret rm");
 }

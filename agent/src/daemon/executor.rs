@@ -64,6 +64,12 @@ impl Default for ImageGcOptions {
 
 /// How soon a collection that found a prepare under way tries again: `after_removal`, within
 /// these bounds.
+/// How long a running task on overlay networks keeps serving after it is told to stop, before
+/// its stop signal (Swarm waits 2 s for its gossip). The managers stop routing to a task the
+/// moment it is to shut down, and every host applies that within milliseconds; the pause lets
+/// the hosts catch up and requests in flight finish, so a rolling update drops no request.
+pub const ENDPOINT_DRAIN: Duration = Duration::from_secs(1);
+
 const GC_RETRY: Duration = Duration::from_secs(1);
 const GC_RETRY_MIN: Duration = Duration::from_millis(10);
 
@@ -676,9 +682,18 @@ impl<R: ContainerRuntime, I: Images> Executor<R, I> {
                     .and_then(|a| a.spec.as_ref())
                     .and_then(|s| s.stop_grace_period_ms)
                     .map_or(DEFAULT_STOP_GRACE, std::time::Duration::from_millis);
+                let routed = self.local.get(&id).is_some_and(|l| l.phase == Phase::Running)
+                    && self
+                        .assigned
+                        .get(&id)
+                        .and_then(|a| a.spec.as_ref())
+                        .is_some_and(|s| !s.networks.is_empty());
                 self.set_phase(&id, Phase::Stopping);
                 let (runtime, tx) = (self.runtime.clone(), self.tx.clone());
                 tokio::spawn(async move {
+                    if routed {
+                        tokio::time::sleep(ENDPOINT_DRAIN).await;
+                    }
                     if let Err(e) = runtime.stop(&id, signal, grace).await {
                         tracing::warn!(task = %id, error = %e, "cannot stop container");
                     }

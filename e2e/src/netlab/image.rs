@@ -21,6 +21,11 @@ fn sha256(data: &[u8]) -> String {
 
 /// An uncompressed layer: bin/busybox plus applet symlinks, etc/passwd, tmp, www.
 pub fn busybox_tar() -> Result<Vec<u8>> {
+    busybox_tar_with(&[])
+}
+
+/// [`busybox_tar`] plus `files` (path in the image under an existing directory, content).
+pub fn busybox_tar_with(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX).with_context(|| format!("cannot read {BUSYBOX}"))?;
     let mut b = tar::Builder::new(Vec::new());
     let header = |ty: tar::EntryType, mode: u32, size: u64| {
@@ -59,6 +64,13 @@ pub fn busybox_tar() -> Result<Vec<u8>> {
             "busybox",
         )?;
     }
+    for (path, content) in files {
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 0o644, content.len() as u64),
+            path,
+            *content,
+        )?;
+    }
     Ok(b.into_inner()?)
 }
 
@@ -72,8 +84,13 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
 /// the manifest digest. Must run where `addr` is reachable (inside the lab: see
 /// [`super::NetLab::in_host`]).
 pub async fn push_busybox(addr: &str, repo_tag: &str) -> Result<String> {
+    push_busybox_with(addr, repo_tag, &[]).await
+}
+
+/// [`push_busybox`] of an image with extra `files` (see [`busybox_tar_with`]).
+pub async fn push_busybox_with(addr: &str, repo_tag: &str, files: &[(&str, &[u8])]) -> Result<String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tar = busybox_tar()?;
+    let tar = busybox_tar_with(files)?;
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",

@@ -17,6 +17,7 @@
 //! Needs root, iproute2 (`ip`), runc, docker-registry and /bin/busybox (busybox-static):
 //! see [`requirements`].
 
+pub mod disk;
 pub mod image;
 pub mod services;
 
@@ -312,6 +313,31 @@ impl NetLab {
 
     pub fn ns(&self, i: usize) -> String {
         host_ns(&self.name, i)
+    }
+
+    /// Pushes a busybox image with extra `files` (path, content) to the lab's registry as
+    /// `repo_tag`; returns its reference.
+    pub fn push_image(&self, repo_tag: &str, files: &[(&str, &str)]) -> Result<String> {
+        let addr = self.registry_addr();
+        let tag = repo_tag.to_string();
+        let files: Vec<(String, String)> =
+            files.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
+        self.in_host(1, move || -> Result<String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let files: Vec<(&str, &[u8])> =
+                files.iter().map(|(p, c)| (p.as_str(), c.as_bytes())).collect();
+            rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    image::push_busybox_with(&addr, &tag, &files),
+                )
+                .await
+                .map_err(|_| anyhow!("push timed out"))?
+            })
+        })??;
+        Ok(format!("{}/{repo_tag}", self.registry_addr()))
     }
 
     pub fn admin_path(&self) -> PathBuf {

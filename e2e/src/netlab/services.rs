@@ -24,6 +24,16 @@ impl NetLab {
         self.cli(&full).map(drop)
     }
 
+    /// The host (1-based) whose agent runs `task` (as `service ps --format json` gives it).
+    pub fn host_of(&self, task: &Value) -> Result<usize> {
+        let names = self.node_names()?;
+        let node = task["node_id"].as_str().unwrap_or_default();
+        let host = names.get(node).with_context(|| format!("no node {node}"))?;
+        host.trim_start_matches('h')
+            .parse()
+            .with_context(|| format!("{host} is not a lab host"))
+    }
+
     /// The tasks of `service`, as `service ps --format json` gives them.
     pub fn tasks(&self, service: &str) -> Result<Vec<Value>> {
         let v = self.cli_json(&["service", "ps", service])?;
