@@ -55,11 +55,44 @@ fn a_full_spec_survives_the_round_trip() {
         stop_grace_period_ms: Some(3_000),
         task_history_limit: Some(2),
         networks: vec![pb::NetworkAttachment { target: "n1".into(), aliases: vec!["web".into()] }],
+        update_config: Some(pb::UpdateConfig {
+            parallelism: Some(2),
+            delay_ms: 1_500,
+            failure_action: "rollback".into(),
+            monitor_ms: Some(10_000),
+            max_failure_ratio: 0.25,
+            order: "start-first".into(),
+        }),
+        rollback_config: Some(pb::UpdateConfig {
+            parallelism: Some(0),
+            delay_ms: 0,
+            failure_action: "continue".into(),
+            monitor_ms: Some(5_000),
+            max_failure_ratio: 0.0,
+            order: "stop-first".into(),
+        }),
+        force_update: 3,
         ..Default::default()
     };
     let valid = spec_from_proto(&spec).unwrap();
     assert_eq!(valid.spec.mode, ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 10 });
     assert_eq!(spec_to_proto(&valid.name, &valid.labels, &valid.spec), spec);
+}
+
+#[test]
+fn update_configs_are_checked_field_by_field() {
+    let with = |config: pb::UpdateConfig| pb::ServiceSpec { update_config: Some(config), ..base() };
+    let bad_ratio = pb::UpdateConfig { max_failure_ratio: 1.5, ..Default::default() };
+    assert!(refused(with(bad_ratio)).contains("spec.update_config.max_failure_ratio"));
+    let bad_order = pb::UpdateConfig { order: "sideways".into(), ..Default::default() };
+    assert!(refused(with(bad_order)).contains("spec.update_config.order"));
+    let rollback_of_rollback = pb::ServiceSpec {
+        rollback_config: Some(pb::UpdateConfig { failure_action: "rollback".into(), ..Default::default() }),
+        ..base()
+    };
+    assert!(refused(rollback_of_rollback).contains("spec.rollback_config.failure_action"));
+    let defaults = spec_from_proto(&with(pb::UpdateConfig::default())).unwrap().spec.update_config;
+    assert_eq!(defaults, UpdateConfig::default());
 }
 
 #[test]

@@ -139,3 +139,42 @@ async fn unknown_filters_are_refused() {
         control.list_services(pb::ListServicesRequest { filters: filters(&[("colour", "x")]) }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_change_starts_an_update_and_rollback_restores_the_previous_spec() {
+    let manager = TestManager::start().await;
+    let mut control = ControlClient::new(manager.admin_channel().await);
+    let created = pb::CreateServiceRequest { spec: Some(spec("web", 2)), no_resolve_image: true };
+    let web = control.create_service(created).await.unwrap().into_inner();
+    assert_eq!(web.update_status, None);
+    let rollback = |reference: &str| pb::UpdateServiceRequest { reference: reference.into(), rollback: true, ..Default::default() };
+    let status = control.update_service(rollback("web")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+
+    // A scale replaces no task: no update.
+    let update = |spec| pb::UpdateServiceRequest { reference: "web".into(), spec: Some(spec), no_resolve_image: true, ..Default::default() };
+    let scaled = control.update_service(update(spec("web", 3))).await.unwrap().into_inner();
+    assert_eq!(scaled.update_status, None);
+
+    // A new image does; the answer says so.
+    let mut new_image = spec("web", 3);
+    new_image.image = "nginx:2".into();
+    let updated = control.update_service(update(new_image)).await.unwrap().into_inner();
+    let status = updated.update_status.clone().unwrap_or_default();
+    assert_eq!(status.state, "updating");
+    assert_eq!(status.total, 3);
+
+    // A rollback swaps the spec back.
+    let rolled = control.update_service(rollback("web")).await.unwrap().into_inner();
+    assert_eq!(rolled.spec.as_ref().map(|s| s.image.as_str()), Some("nginx"));
+    assert_eq!(rolled.previous_spec.as_ref().map(|s| s.image.as_str()), Some("nginx:2"));
+    let status = rolled.update_status.unwrap_or_default();
+    assert_eq!((status.state.as_str(), status.message.as_str()), ("rollback_started", "manually requested rollback"));
+
+    // --force bumps force_update, which a client sending 0 cannot undo.
+    let forced = pb::UpdateServiceRequest { force: true, ..update(spec("web", 3)) };
+    let forced = control.update_service(forced).await.unwrap().into_inner();
+    assert_eq!(forced.spec.as_ref().map(|s| s.force_update), Some(1));
+    let again = control.update_service(update(spec("web", 3))).await.unwrap().into_inner();
+    assert_eq!(again.spec.as_ref().map(|s| s.force_update), Some(1));
+}
