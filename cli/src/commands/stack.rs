@@ -1,5 +1,6 @@
 //! `cluster stack deploy|ls|services|ps|config|rm`: compose files (docker-stack.yml) deployed
-//! as services and networks named `STACK_NAME` and labelled `com.docker.stack.namespace=STACK`.
+//! as services, networks, secrets and configs named `STACK_NAME` and labelled
+//! `com.docker.stack.namespace=STACK`.
 //! Loading and checking the files is `crate::compose`; the decisions are `compose::plan`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,8 +11,9 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
-    CreateNetworkRequest, CreateServiceRequest, GetServiceRequest, ListNetworksRequest,
-    ListServicesRequest, ListTasksRequest, RemoveNetworkRequest, RemoveServiceRequest, Service,
+    CreateNetworkRequest, CreateSecretRequest, CreateServiceRequest, GetServiceRequest,
+    ListNetworksRequest, ListSecretsRequest, ListServicesRequest, ListTasksRequest,
+    RemoveNetworkRequest, RemoveSecretRequest, RemoveServiceRequest, Secret, Service,
     UpdateServiceRequest,
 };
 use serde::Serialize;
@@ -20,7 +22,9 @@ use tonic::transport::Channel;
 use super::service::WaitArgs;
 use super::service_view::{converged, progress, services_table, sort_services};
 use super::task_list::{self, Listing, merge};
-use crate::compose::plan::{ServiceStep, check_name, plan_networks, plan_services};
+use crate::compose::files::FileKind;
+use crate::compose::model::Ids;
+use crate::compose::plan::{ServiceStep, check_name, plan_files, plan_networks, plan_services};
 use crate::compose::{LoadError, Loaded, STACK_LABEL, load_files};
 use crate::connect::{Target, rpc};
 use crate::output::{Format, Reported, json, print, table};
@@ -41,7 +45,7 @@ pub enum StackCommand {
     Ps(PsArgs),
     /// Print the merged, interpolated compose files.
     Config(ConfigArgs),
-    /// Remove stacks: their services, then their networks.
+    /// Remove stacks: their services, then their secrets, configs and networks.
     #[command(visible_alias = "remove", visible_alias = "down")]
     Rm(RmArgs),
 }
@@ -173,6 +177,27 @@ fn config(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secrets or configs matching `filters`, by name.
+async fn list_files(
+    client: &mut ControlClient<Channel>,
+    kind: FileKind,
+    filters: HashMap<String, String>,
+) -> anyhow::Result<Vec<Secret>> {
+    let request = ListSecretsRequest { filters };
+    let mut list = match kind {
+        FileKind::Secret => rpc(client.list_secrets(request)).await?,
+        FileKind::Config => rpc(client.list_configs(request)).await?,
+    }
+    .secrets;
+    list.sort_by(|a, b| {
+        a.spec
+            .as_ref()
+            .map(|s| &s.name)
+            .cmp(&b.spec.as_ref().map(|s| &s.name))
+    });
+    Ok(list)
+}
+
 /// The label filter that selects one stack's objects.
 fn stack_filter(stack: &str) -> HashMap<String, String> {
     HashMap::from([("label".to_string(), format!("{STACK_LABEL}={stack}"))])
@@ -203,17 +228,56 @@ async fn deploy(args: DeployArgs, target: &Target) -> anyhow::Result<()> {
     let services = rpc(client.list_services(ListServicesRequest::default()))
         .await?
         .services;
+    let secrets = list_files(&mut client, FileKind::Secret, HashMap::new()).await?;
+    let configs = list_files(&mut client, FileKind::Config, HashMap::new()).await?;
     // Everything is decided (and refused) before the first write.
-    let network_plan = plan_networks(&def, stack, &networks).map_err(|e| report(&e))?;
-    plan_services(&def, stack, &network_plan.ids, &services, args.prune).map_err(|e| report(&e))?;
+    let mut errors = Vec::new();
+    let network_plan = plan_networks(&def, stack, &networks).unwrap_or_else(|e| {
+        errors.extend(e);
+        Default::default()
+    });
+    let mut file_plans = Vec::new();
+    for (kind, existing) in [(FileKind::Secret, &secrets), (FileKind::Config, &configs)] {
+        match plan_files(&def, stack, kind, existing) {
+            Ok(plan) => file_plans.push((kind, plan)),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(report(&errors));
+    }
+    let mut ids = Ids {
+        networks: network_plan.ids.clone(),
+        ..Default::default()
+    };
+    for (kind, plan) in &file_plans {
+        match kind {
+            FileKind::Secret => ids.secrets = plan.ids.clone(),
+            FileKind::Config => ids.configs = plan.ids.clone(),
+        }
+    }
+    plan_services(&def, stack, &ids, &services, args.prune).map_err(|e| report(&e))?;
 
-    let mut ids = network_plan.ids.clone();
+    for (kind, plan) in file_plans {
+        for (key, spec) in plan.create {
+            print(&format!("Creating {} {}\n", kind.word(), spec.name))?;
+            let request = CreateSecretRequest { spec: Some(spec) };
+            let created = match kind {
+                FileKind::Secret => rpc(client.create_secret(request)).await?,
+                FileKind::Config => rpc(client.create_config(request)).await?,
+            };
+            match kind {
+                FileKind::Secret => ids.secrets.insert(key, created.id),
+                FileKind::Config => ids.configs.insert(key, created.id),
+            };
+        }
+    }
     for (key, spec) in network_plan.create {
         print(&format!("Creating network {}\n", spec.name))?;
         let network = rpc(client.create_network(CreateNetworkRequest { spec: Some(spec) })).await?;
-        ids.insert(key, network.id);
+        ids.networks.insert(key, network.id);
     }
-    // Again, with the new networks' ids: the specs now compare with what the cluster stores.
+    // Again, with the new objects' ids: the specs now compare with what the cluster stores.
     let steps = plan_services(&def, stack, &ids, &services, args.prune).map_err(|e| report(&e))?;
     let mut changed = Vec::new();
     for step in steps {
@@ -223,7 +287,6 @@ async fn deploy(args: DeployArgs, target: &Target) -> anyhow::Result<()> {
                 let service = rpc(client.create_service(CreateServiceRequest {
                     spec: Some(spec),
                     no_resolve_image: args.no_resolve_image,
-                    ..Default::default()
                 }))
                 .await?;
                 print_warnings(&service);
@@ -414,7 +477,9 @@ async fn rm(args: RmArgs, target: &Target) -> anyhow::Result<()> {
         .await?
         .networks;
         networks.sort_by(|a, b| a.name.cmp(&b.name));
-        if services.is_empty() && networks.is_empty() {
+        let secrets = list_files(&mut client, FileKind::Secret, stack_filter(stack)).await?;
+        let configs = list_files(&mut client, FileKind::Config, stack_filter(stack)).await?;
+        if services.is_empty() && networks.is_empty() && secrets.is_empty() && configs.is_empty() {
             eprintln!("Nothing found in stack: {stack}");
             continue;
         }
@@ -428,6 +493,22 @@ async fn rm(args: RmArgs, target: &Target) -> anyhow::Result<()> {
             {
                 eprintln!("error: {name}: {e:#}");
                 failed = true;
+            }
+        }
+        // After the services: a secret or config in use cannot be removed.
+        for (kind, list) in [(FileKind::Secret, secrets), (FileKind::Config, configs)] {
+            for file in list {
+                let name = file.spec.map(|s| s.name).unwrap_or_default();
+                print(&format!("Removing {} {name}\n", kind.word()))?;
+                let request = RemoveSecretRequest { reference: file.id };
+                let removed = match kind {
+                    FileKind::Secret => rpc(client.remove_secret(request)).await.map(drop),
+                    FileKind::Config => rpc(client.remove_config(request)).await.map(drop),
+                };
+                if let Err(e) = removed {
+                    eprintln!("error: {name}: {e:#}");
+                    failed = true;
+                }
             }
         }
         for network in networks {

@@ -1,10 +1,11 @@
 //! The `deploy` section of a service: mode and replicas, resources, restart policy, placement,
-//! endpoint mode and service labels. Values the manager would refuse (a memory limit under
-//! 4 MiB, a reservation over its limit, a malformed constraint) are refused here, where the
-//! file's position is known, so that a deployment never stops half-way.
+//! endpoint mode, service labels, update and rollback configs. Values the manager would refuse
+//! (a memory limit under 4 MiB, a reservation over its limit, a malformed constraint) are
+//! refused here, where the file's position is known, so that a deployment never stops half-way.
 
 use proto::v1::{
     EndpointSpec, Placement, ResourceAmounts, Resources, RestartPolicy, ServiceMode, ServiceSpec,
+    UpdateConfig,
 };
 use serde_norway::Value;
 
@@ -79,10 +80,8 @@ impl Check<'_> {
                         .map(|(k, v)| (k, v.unwrap_or_default()))
                         .collect()
                 }
-                "update_config" | "rollback_config" => self.warn(
-                    &p,
-                    "not applied yet: ignored (updates use the cluster's defaults)",
-                ),
+                "update_config" => spec.update_config = self.update_config(v, &p, true),
+                "rollback_config" => spec.rollback_config = self.update_config(v, &p, false),
                 k if k.starts_with("x-") => {}
                 _ => self.unknown(&p, &DEPLOY_KEYS),
             }
@@ -100,6 +99,61 @@ impl Check<'_> {
                 replicas: replicas.map(|(r, _)| r),
                 max_concurrent: 0,
             });
+        }
+    }
+
+    /// `update_config` (`update`) or `rollback_config`: a rollback cannot fail over to another
+    /// rollback.
+    fn update_config(&mut self, value: &Value, path: &Path, update: bool) -> Option<UpdateConfig> {
+        const KEYS: [&str; 6] = [
+            "parallelism",
+            "delay",
+            "failure_action",
+            "monitor",
+            "max_failure_ratio",
+            "order",
+        ];
+        let actions: &[&str] = if update {
+            &["pause", "continue", "rollback"]
+        } else {
+            &["pause", "continue"]
+        };
+        let mut config = UpdateConfig::default();
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "parallelism" => config.parallelism = self.u64(v, &p),
+                "delay" => config.delay_ms = self.duration(v, &p).map_or(0, duration_ms),
+                "failure_action" => {
+                    config.failure_action = self.choice(v, &p, actions).unwrap_or_default()
+                }
+                "monitor" => config.monitor_ms = self.duration(v, &p).map(duration_ms),
+                "max_failure_ratio" => config.max_failure_ratio = self.ratio(v, &p).unwrap_or(0.0),
+                "order" => {
+                    config.order = self
+                        .choice(v, &p, &["stop-first", "start-first"])
+                        .unwrap_or_default()
+                }
+                k if k.starts_with("x-") => {}
+                _ => self.unknown(&p, &KEYS),
+            }
+        }
+        Some(config)
+    }
+
+    /// A fraction from 0 to 1 (a number, or a string holding one).
+    fn ratio(&mut self, value: &Value, path: &Path) -> Option<f32> {
+        let parsed = match value {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(r) if (0.0..=1.0).contains(&r) => Some(r as f32),
+            _ => {
+                self.invalid(path, value, "a fraction from 0 to 1");
+                None
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! Compose files for `cluster stack`: load, merge, interpolate and check them, and turn them
-//! into service and network specs.
+//! into service, network, secret and config specs.
 //!
 //! The pipeline, per file: parse to a `serde_norway::Value` (syntax errors carry their
 //! position; anchors and aliases are resolved by the parser), apply merge keys
@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod deploy;
+pub mod files;
 pub mod interpolate;
 pub mod locate;
 pub mod merge;
@@ -228,7 +229,22 @@ pub fn load(sources: &[Source], vars: &Vars, base_dir: &FsPath) -> Result<Loaded
     }
     let merged = merged.unwrap_or(Value::Mapping(Default::default()));
     let mut check = Check::new(vars, base_dir);
-    let stack = check.stack(&merged);
+    let mut stack = check.stack(&merged);
+    for (section, files) in [
+        ("secrets", &mut stack.secrets),
+        ("configs", &mut stack.configs),
+    ] {
+        for (key, def) in files.iter_mut() {
+            let problem = AtPath {
+                path: Path::default().key(section).key(key),
+                message: String::new(),
+                at_key: true,
+            };
+            def.at = place(&problem, sources, &indexes)
+                .trim_end_matches(": ")
+                .to_string();
+        }
+    }
     warnings.extend(check.warnings.iter().map(|w| place(w, sources, &indexes)));
     if !check.errors.is_empty() {
         errors.extend(check.errors.iter().map(|e| place(e, sources, &indexes)));

@@ -1,5 +1,5 @@
-//! The whole stack file: top-level keys, networks and volumes; and the specs a deployment of it
-//! under a stack name sends to the cluster.
+//! The whole stack file: top-level keys, networks, volumes, secrets and configs; and the specs a
+//! deployment of it under a stack name sends to the cluster.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -7,6 +7,7 @@ use proto::v1::{NetworkAttachment, NetworkSpec, ServiceSpec};
 use serde_norway::Value;
 
 use super::check::Check;
+use super::files::{FileDef, FileKind};
 use super::locate::Path;
 use super::service::ServiceDef;
 
@@ -51,6 +52,17 @@ pub struct StackDef {
     pub services: BTreeMap<String, ServiceDef>,
     pub networks: BTreeMap<String, NetworkDef>,
     pub volumes: BTreeMap<String, VolumeDef>,
+    pub secrets: BTreeMap<String, FileDef>,
+    pub configs: BTreeMap<String, FileDef>,
+}
+
+/// What the cluster calls the stack's objects, by their keys in the file: ids once they exist
+/// (so that a spec compares equal to the stored one), else nothing (names are used).
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    pub networks: HashMap<String, String>,
+    pub secrets: HashMap<String, String>,
+    pub configs: HashMap<String, String>,
 }
 
 /// Names of services, networks and volumes: what the cluster accepts (before the prefix).
@@ -92,8 +104,21 @@ impl Check<'_> {
                     }
                 }
                 "secrets" | "configs" => {
-                    if !self.mapping(value, &p).is_empty() {
-                        self.warn(&p, "not applied yet: ignored");
+                    let kind = if key == "secrets" {
+                        FileKind::Secret
+                    } else {
+                        FileKind::Config
+                    };
+                    for (name, v) in self.mapping(value, &p) {
+                        let fp = p.key(&name);
+                        if !valid_name(&name) {
+                            self.error(
+                                &fp,
+                                format!("invalid {} name: [a-zA-Z0-9][a-zA-Z0-9_.-]*", kind.word()),
+                            );
+                        }
+                        let def = self.file_def(kind, v, &fp);
+                        stack.files_mut(kind).insert(name, def);
                     }
                 }
                 k if k.starts_with("x-") => {}
@@ -120,6 +145,28 @@ impl Check<'_> {
                         &np,
                         format!("network {network:?} is not defined in the top-level networks"),
                     );
+                }
+            }
+            for kind in [FileKind::Secret, FileKind::Config] {
+                let refs = match kind {
+                    FileKind::Secret => &def.spec.secrets,
+                    FileKind::Config => &def.spec.configs,
+                };
+                for (i, reference) in refs.iter().enumerate() {
+                    // An empty source is an error already.
+                    if !reference.source.is_empty()
+                        && !stack.files(kind).contains_key(&reference.source)
+                    {
+                        self.error(
+                            &p.key(kind.section()).index(i),
+                            format!(
+                                "{} {:?} is not defined in the top-level {}",
+                                kind.word(),
+                                reference.source,
+                                kind.section()
+                            ),
+                        );
+                    }
                 }
             }
             for (_, volume) in &def.named_volumes {
@@ -245,6 +292,51 @@ impl Check<'_> {
 }
 
 impl StackDef {
+    /// The top-level secrets or configs.
+    pub fn files(&self, kind: FileKind) -> &BTreeMap<String, FileDef> {
+        match kind {
+            FileKind::Secret => &self.secrets,
+            FileKind::Config => &self.configs,
+        }
+    }
+
+    fn files_mut(&mut self, kind: FileKind) -> &mut BTreeMap<String, FileDef> {
+        match kind {
+            FileKind::Secret => &mut self.secrets,
+            FileKind::Config => &mut self.configs,
+        }
+    }
+
+    /// The cluster name of secret or config `key`: `name:`, else the key when external, else
+    /// `STACK_KEY`.
+    pub fn file_name(&self, kind: FileKind, stack: &str, key: &str) -> String {
+        match self.files(kind).get(key) {
+            Some(FileDef {
+                name: Some(name), ..
+            }) => name.clone(),
+            Some(FileDef { external: true, .. }) => key.to_string(),
+            _ => format!("{stack}_{key}"),
+        }
+    }
+
+    /// The keys of the secrets or configs the services use (only those are created or looked
+    /// up, as docker does).
+    pub fn used_files(&self, kind: FileKind) -> Vec<&str> {
+        let mut keys: Vec<&str> = self
+            .services
+            .values()
+            .flat_map(|s| match kind {
+                FileKind::Secret => &s.spec.secrets,
+                FileKind::Config => &s.spec.configs,
+            })
+            .map(|r| r.source.as_str())
+            .filter(|k| self.files(kind).contains_key(*k))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
     /// The cluster name of network `key` (declared, or the implicit `default`).
     pub fn network_name(&self, stack: &str, key: &str) -> String {
         match self.networks.get(key) {
@@ -287,14 +379,9 @@ impl StackDef {
             .collect()
     }
 
-    /// The spec of service `key` under `stack`. `network_ids` maps network keys to what the
-    /// cluster calls them (ids once they exist, so that a stored spec compares equal).
-    pub fn service_spec(
-        &self,
-        stack: &str,
-        key: &str,
-        network_ids: &HashMap<String, String>,
-    ) -> Option<ServiceSpec> {
+    /// The spec of service `key` under `stack`, its networks, secrets and configs named by `ids`
+    /// where known.
+    pub fn service_spec(&self, stack: &str, key: &str, ids: &Ids) -> Option<ServiceSpec> {
         let def = self.services.get(key)?;
         let mut spec = def.spec.clone();
         spec.name = format!("{stack}_{key}");
@@ -309,7 +396,8 @@ impl StackDef {
         spec.networks = networks
             .into_iter()
             .map(|(network, aliases)| NetworkAttachment {
-                target: network_ids
+                target: ids
+                    .networks
                     .get(&network)
                     .cloned()
                     .unwrap_or_else(|| self.network_name(stack, &network)),
@@ -326,6 +414,17 @@ impl StackDef {
             };
             if let Some(mount) = spec.mounts.get_mut(*index) {
                 mount.source = name;
+            }
+        }
+        for (kind, refs, known) in [
+            (FileKind::Secret, &mut spec.secrets, &ids.secrets),
+            (FileKind::Config, &mut spec.configs, &ids.configs),
+        ] {
+            for reference in refs {
+                reference.source = known
+                    .get(&reference.source)
+                    .cloned()
+                    .unwrap_or_else(|| self.file_name(kind, stack, &reference.source));
             }
         }
         Some(spec)

@@ -1,12 +1,44 @@
 //! What `stack deploy` has to do: given the checked file and what the cluster holds, which
-//! networks to create, which services to create, update or leave alone, and (with `--prune`)
-//! which to remove. Pure, so that it is decided, and refused, before anything is written.
+//! networks, secrets and configs to create, which services to create, update or leave alone, and
+//! (with `--prune`) which to remove. Pure, so that it is decided, and refused, before anything
+//! is written.
 
 use std::collections::HashMap;
 
-use proto::v1::{Network, NetworkSpec, Service, ServiceSpec};
+use proto::v1::{Network, NetworkSpec, Secret, SecretSpec, Service, ServiceSpec};
 
-use super::model::{STACK_LABEL, StackDef};
+use super::files::FileKind;
+use super::model::{Ids, STACK_LABEL, StackDef};
+
+/// The label on a stack's secrets holding the SHA-256 of their data: the managers never return
+/// a secret's data, and a redeployment has to know whether the file still holds the same. (It
+/// tells nothing an admin of the cluster cannot read anyway, by mounting the secret.)
+pub const DIGEST_LABEL: &str = "com.cluster.stack.sha256";
+
+/// The hex SHA-256 of `data` (the TLS stack's implementation: the CLI has no other).
+pub fn digest(data: &[u8]) -> String {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .expect("a TLS 1.3 suite");
+    suite
+        .common
+        .hash_provider
+        .hash(data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The secrets or configs of a deployment.
+#[derive(Debug, Default)]
+pub struct FilePlan {
+    /// (key in the file, spec) for those that do not exist yet.
+    pub create: Vec<(String, SecretSpec)>,
+    /// Key -> id, for those that exist (external, or created by an earlier deployment with the
+    /// same data).
+    pub ids: HashMap<String, String>,
+}
 
 /// The networks of a deployment.
 #[derive(Debug, Default)]
@@ -98,6 +130,86 @@ pub fn plan_networks(
     }
 }
 
+/// Matches the secrets or configs the services use against the cluster's. Both are immutable:
+/// one the stack created earlier is reused when its data is the same, and refused when it is
+/// not (it needs a new name). Refuses external ones that do not exist and names taken outside
+/// the stack. Errors name the declaration's place in the file.
+pub fn plan_files(
+    def: &StackDef,
+    stack: &str,
+    kind: FileKind,
+    existing: &[Secret],
+) -> Result<FilePlan, Vec<String>> {
+    let mut plan = FilePlan::default();
+    let mut errors = Vec::new();
+    let by_name: HashMap<&str, &Secret> = existing
+        .iter()
+        .filter_map(|s| Some((s.spec.as_ref()?.name.as_str(), s)))
+        .collect();
+    let what = kind.word();
+    for key in def.used_files(kind) {
+        let file = &def.files(kind)[key];
+        let at = &file.at;
+        let name = def.file_name(kind, stack, key);
+        if let Err(e) = check_name(what, &name) {
+            errors.push(format!("{at}: {e}"));
+            continue;
+        }
+        let found = by_name.get(name.as_str());
+        if file.external {
+            match found {
+                Some(found) => {
+                    plan.ids.insert(key.to_string(), found.id.clone());
+                }
+                None => errors.push(format!(
+                    "{at}: {what} {name:?} is declared as external, but the cluster has no \
+                     {what} of that name"
+                )),
+            }
+            continue;
+        }
+        let mut labels = file.labels.clone();
+        labels.insert(STACK_LABEL.to_string(), stack.to_string());
+        if kind == FileKind::Secret {
+            labels.insert(DIGEST_LABEL.to_string(), digest(&file.data));
+        }
+        let Some(found) = found else {
+            let spec = SecretSpec {
+                name,
+                labels,
+                data: file.data.clone(),
+            };
+            plan.create.push((key.to_string(), spec));
+            continue;
+        };
+        let found_spec = found.spec.clone().unwrap_or_default();
+        if found_spec.labels.get(STACK_LABEL).map(String::as_str) != Some(stack) {
+            errors.push(format!(
+                "{at}: {what} {name:?} already exists and is not part of stack {stack:?}"
+            ));
+            continue;
+        }
+        let same = match kind {
+            FileKind::Secret => found_spec.labels.get(DIGEST_LABEL) == labels.get(DIGEST_LABEL),
+            FileKind::Config => found_spec.data == file.data,
+        };
+        if same {
+            plan.ids.insert(key.to_string(), found.id.clone());
+        } else {
+            errors.push(format!(
+                "{at}: {what} {name:?} already exists with other data, and a {what} cannot be \
+                 changed: give the new data a new name (name: in the file, or a new key), or \
+                 remove the stack first"
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Fills in what the manager fills in when it stores a spec, so that a stored spec and the one
 /// a file gives compare equal when they mean the same (see the defaults in cluster.proto).
 pub fn normalized(spec: &ServiceSpec) -> ServiceSpec {
@@ -132,6 +244,28 @@ pub fn normalized(spec: &ServiceSpec) -> ServiceSpec {
     }
     s.stop_grace_period_ms.get_or_insert(10_000);
     s.task_history_limit.get_or_insert(5);
+    for file in s.secrets.iter_mut().chain(s.configs.iter_mut()) {
+        file.mode.get_or_insert(0o444);
+    }
+    if let Some(check) = &mut s.healthcheck {
+        check.interval_ms.get_or_insert(30_000);
+        check.timeout_ms.get_or_insert(30_000);
+        check.retries.get_or_insert(3);
+    }
+    for config in [&mut s.update_config, &mut s.rollback_config] {
+        let config = config.get_or_insert_with(Default::default);
+        config.parallelism.get_or_insert(1);
+        config.monitor_ms.get_or_insert(5_000);
+        if config.failure_action.is_empty() {
+            config.failure_action = "pause".to_string();
+        }
+        if config.order.is_empty() {
+            config.order = "stop-first".to_string();
+        }
+        // Stored in millionths.
+        let ppm = (f64::from(config.max_failure_ratio) * 1_000_000.0).round() as u32;
+        config.max_failure_ratio = ppm as f32 / 1_000_000.0;
+    }
     s
 }
 
@@ -141,6 +275,8 @@ pub fn normalized(spec: &ServiceSpec) -> ServiceSpec {
 pub fn unchanged(desired: &ServiceSpec, current: &ServiceSpec) -> bool {
     let mut want = normalized(desired);
     let have = normalized(current);
+    // A file never forces an update; the manager keeps the larger counter anyway.
+    want.force_update = have.force_update;
     if have.image != want.image && have.image.starts_with(&format!("{}@", want.image)) {
         want.image = have.image.clone();
     }
@@ -180,13 +316,13 @@ fn stack_services<'a>(stack: &str, existing: &'a [Service]) -> HashMap<&'a str, 
         .collect()
 }
 
-/// Decides each service's step. `network_ids` maps network keys to ids where known (names
-/// are used for networks still to be created). Refuses a mode change and a name taken by a
+/// Decides each service's step. `ids` names the networks, secrets and configs that exist
+/// (names are used for those still to be created). Refuses a mode change and a name taken by a
 /// service outside the stack.
 pub fn plan_services(
     def: &StackDef,
     stack: &str,
-    network_ids: &HashMap<String, String>,
+    ids: &Ids,
     existing: &[Service],
     prune: bool,
 ) -> Result<Vec<ServiceStep>, Vec<String>> {
@@ -212,7 +348,7 @@ pub fn plan_services(
         }
     }
     for key in def.services.keys() {
-        let Some(spec) = def.service_spec(stack, key, network_ids) else {
+        let Some(spec) = def.service_spec(stack, key, ids) else {
             continue;
         };
         if let Err(e) = check_name("service", &spec.name) {
@@ -286,7 +422,7 @@ pub fn plan_services(
 mod tests {
     use std::path::Path as FsPath;
 
-    use proto::v1::{EndpointSpec, PortConfig};
+    use proto::v1::{EndpointSpec, PortConfig, SecretSpec};
 
     use super::*;
     use crate::compose::interpolate::Vars;
@@ -300,6 +436,13 @@ mod tests {
         load(&sources, &Vars::default(), FsPath::new("/"))
             .unwrap()
             .stack
+    }
+
+    fn networks(ids: HashMap<String, String>) -> Ids {
+        Ids {
+            networks: ids,
+            ..Default::default()
+        }
     }
 
     const FILE: &str = "services:
@@ -334,15 +477,15 @@ networks:
         let net = plan_networks(&def, "s", &[]).unwrap();
         let names: Vec<&str> = net.create.iter().map(|(_, n)| n.name.as_str()).collect();
         assert_eq!(names, ["s_back", "s_default"]);
-        let steps = plan_services(&def, "s", &net.ids, &[], false).unwrap();
+        let steps = plan_services(&def, "s", &networks(net.ids.clone()), &[], false).unwrap();
         assert!(steps.iter().all(|s| matches!(s, ServiceStep::Create(_))));
         assert_eq!(steps.len(), 2);
 
         // Deployed: the cluster holds the stored form.
-        let ids = HashMap::from([
+        let ids = networks(HashMap::from([
             ("back".to_string(), "N1".to_string()),
             ("default".to_string(), "N2".to_string()),
-        ]);
+        ]));
         let by_name = HashMap::from([("N1", "N1"), ("N2", "N2")]);
         let existing: Vec<Service> = ["db", "web"]
             .iter()
@@ -391,17 +534,17 @@ networks:
             }),
             ..Default::default()
         };
-        let errs = plan_services(&def, "s", &HashMap::new(), &[other], false).unwrap_err();
+        let errs = plan_services(&def, "s", &Ids::default(), &[other], false).unwrap_err();
         assert!(errs[0].contains("not part of stack"), "{errs:?}");
 
         let global = stack("services:\n  web: {image: web, deploy: {mode: global}}\n");
-        let current = def.service_spec("s", "web", &HashMap::new()).unwrap();
+        let current = def.service_spec("s", "web", &Ids::default()).unwrap();
         let existing = [Service {
             id: "w".to_string(),
             spec: Some(current),
             ..Default::default()
         }];
-        let errs = plan_services(&global, "s", &HashMap::new(), &existing, false).unwrap_err();
+        let errs = plan_services(&global, "s", &Ids::default(), &existing, false).unwrap_err();
         assert!(errs[0].contains("mode cannot change"), "{errs:?}");
         assert!(check_name("stack", &"x".repeat(70)).is_err());
 
@@ -423,7 +566,7 @@ networks:
             }),
             ..Default::default()
         };
-        let errs = plan_services(&web, "s", &HashMap::new(), &[holder], false).unwrap_err();
+        let errs = plan_services(&web, "s", &Ids::default(), &[holder], false).unwrap_err();
         assert!(
             errs[0].contains("port 8080/tcp is already published by service other"),
             "{errs:?}"
@@ -447,5 +590,168 @@ networks:
         assert!(unchanged(&spec, &other));
         other.endpoint.as_mut().unwrap().ports[0].published = 8081;
         assert!(!unchanged(&spec, &other));
+    }
+
+    /// A stack with a file secret, an external secret and a file config, loaded from a
+    /// directory holding their files.
+    fn file_stack(secret: &str) -> StackDef {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), secret).unwrap();
+        std::fs::write(dir.path().join("conf"), "c=1").unwrap();
+        let sources = [Source {
+            name: "s.yml".to_string(),
+            text: "services:
+  web: {image: web, secrets: [pw, ext], configs: [conf]}
+secrets:
+  pw: {file: ./pw}
+  ext: {external: true}
+  unused: {external: true}
+configs:
+  conf: {file: ./conf}
+"
+            .to_string(),
+        }];
+        load(&sources, &Vars::default(), dir.path()).unwrap().stack
+    }
+
+    fn blob(id: &str, spec: SecretSpec) -> Secret {
+        Secret {
+            id: id.to_string(),
+            spec: Some(spec),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secrets_are_created_reused_or_refused() {
+        assert_eq!(
+            digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let def = file_stack("one");
+        let errs = plan_files(&def, "s", FileKind::Secret, &[]).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("s.yml:5:3: secrets.ext: secret \"ext\" is declared as external"),
+            "{errs:?}"
+        );
+
+        let ext = blob(
+            "E",
+            SecretSpec {
+                name: "ext".to_string(),
+                ..Default::default()
+            },
+        );
+        let plan = plan_files(&def, "s", FileKind::Secret, std::slice::from_ref(&ext)).unwrap();
+        assert_eq!(
+            plan.ids,
+            HashMap::from([("ext".to_string(), "E".to_string())])
+        );
+        let [(key, spec)] = plan.create.as_slice() else {
+            panic!("{plan:?}")
+        };
+        assert_eq!((key.as_str(), spec.name.as_str()), ("pw", "s_pw"));
+        assert_eq!(spec.data, b"one");
+        assert_eq!(spec.labels[STACK_LABEL], "s");
+        assert_eq!(spec.labels[DIGEST_LABEL], digest(b"one"));
+
+        // Deployed again: what the cluster returns has no data, only the labels.
+        let mut stored = spec.clone();
+        stored.data.clear();
+        let existing = [ext, blob("P", stored)];
+        let plan = plan_files(&def, "s", FileKind::Secret, &existing).unwrap();
+        assert!(plan.create.is_empty());
+        assert_eq!(plan.ids["pw"], "P");
+
+        // Other data under the same name: refused, in the file's terms.
+        let errs = plan_files(&file_stack("two"), "s", FileKind::Secret, &existing).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "s.yml:4:3: secrets.pw: secret \"s_pw\" already exists with other data"
+            ),
+            "{errs:?}"
+        );
+
+        // The name taken outside the stack.
+        let foreign = blob(
+            "F",
+            SecretSpec {
+                name: "s_pw".to_string(),
+                ..Default::default()
+            },
+        );
+        let errs =
+            plan_files(&def, "s", FileKind::Secret, &[existing[0].clone(), foreign]).unwrap_err();
+        assert!(errs[0].contains("is not part of stack \"s\""), "{errs:?}");
+    }
+
+    #[test]
+    fn configs_compare_their_data() {
+        let def = file_stack("x");
+        let plan = plan_files(&def, "s", FileKind::Config, &[]).unwrap();
+        let mut stored = plan.create[0].1.clone();
+        assert!(!stored.labels.contains_key(DIGEST_LABEL));
+        let existing = [blob("C", stored.clone())];
+        let plan = plan_files(&def, "s", FileKind::Config, &existing).unwrap();
+        assert_eq!(plan.ids["conf"], "C");
+        stored.data = b"c=2".to_vec();
+        let errs = plan_files(&def, "s", FileKind::Config, &[blob("C", stored)]).unwrap_err();
+        assert!(
+            errs[0].contains("config \"s_conf\" already exists with other data"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn stored_defaults_of_files_health_and_updates_compare_equal() {
+        let def = stack(
+            "services:
+  web:
+    image: web
+    healthcheck: {test: [CMD, check]}
+    deploy:
+      update_config: {max_failure_ratio: 0.1, order: start-first}
+",
+        );
+        let ids = Ids {
+            secrets: HashMap::from([("pw".to_string(), "P".to_string())]),
+            ..Default::default()
+        };
+        let mut desired = def.service_spec("s", "web", &ids).unwrap();
+        desired.secrets.push(proto::v1::FileReference {
+            source: "P".to_string(),
+            target: "pw".to_string(),
+            ..Default::default()
+        });
+        // What the manager returns: every default filled, the ratio through millionths.
+        let mut stored = desired.clone();
+        stored.secrets[0].mode = Some(0o444);
+        let check = stored.healthcheck.as_mut().unwrap();
+        (check.interval_ms, check.timeout_ms, check.retries) =
+            (Some(30_000), Some(30_000), Some(3));
+        let filled = |ratio: f32, order: &str| proto::v1::UpdateConfig {
+            parallelism: Some(1),
+            delay_ms: 0,
+            failure_action: "pause".to_string(),
+            monitor_ms: Some(5_000),
+            max_failure_ratio: ratio,
+            order: order.to_string(),
+        };
+        stored.update_config = Some(filled((100_000_f64 / 1e6) as f32, "start-first"));
+        stored.rollback_config = Some(filled(0.0, "stop-first"));
+        stored.force_update = 2;
+        assert!(unchanged(&desired, &stored));
+
+        let mut other = stored.clone();
+        other.secrets[0].source = "Q".to_string();
+        assert!(!unchanged(&desired, &other));
+        let mut other = stored.clone();
+        other.update_config.as_mut().unwrap().order = "stop-first".to_string();
+        assert!(!unchanged(&desired, &other));
+        let mut other = stored;
+        other.healthcheck.as_mut().unwrap().retries = Some(4);
+        assert!(!unchanged(&desired, &other));
     }
 }

@@ -1,16 +1,17 @@
 //! One compose service -> the parts of a `ServiceSpec` it sets (the stack's names are applied
 //! later, in `ServiceDef::spec`).
 
-use proto::v1::{EndpointSpec, Mount, PortConfig, ServiceSpec};
+use proto::v1::{EndpointSpec, HealthCheck, Mount, PortConfig, ServiceSpec};
 use serde_norway::Value;
 
 use super::check::Check;
+use super::files::FileKind;
 use super::interpolate::parse_env_file;
 use super::locate::Path;
 use crate::parse::{duration_ms, parse_publish};
 
 /// The service keys read here.
-pub const SERVICE_KEYS: [&str; 14] = [
+pub const SERVICE_KEYS: [&str; 17] = [
     "image",
     "command",
     "entrypoint",
@@ -25,6 +26,9 @@ pub const SERVICE_KEYS: [&str; 14] = [
     "labels",
     "stop_grace_period",
     "deploy",
+    "secrets",
+    "configs",
+    "healthcheck",
 ];
 
 /// Keys `docker stack deploy` ignores too: a warning, not an error.
@@ -43,10 +47,7 @@ pub const SWARM_IGNORES: [&str; 11] = [
 ];
 
 /// Valid compose keys this cluster does not apply yet: a warning, so nothing passes silently.
-pub const NOT_YET: [&str; 27] = [
-    "healthcheck",
-    "secrets",
-    "configs",
+pub const NOT_YET: [&str; 24] = [
     "cap_add",
     "cap_drop",
     "dns",
@@ -138,6 +139,9 @@ impl Check<'_> {
                     spec.stop_grace_period_ms = self.duration(value, &p).map(duration_ms)
                 }
                 "deploy" => self.deploy(value, &p, spec),
+                "secrets" => spec.secrets = self.file_refs(FileKind::Secret, value, &p),
+                "configs" => spec.configs = self.file_refs(FileKind::Config, value, &p),
+                "healthcheck" => spec.healthcheck = self.healthcheck(value, &p),
                 k if k.starts_with("x-") => {}
                 k if SWARM_IGNORES.contains(&k) => {
                     self.warn(&p, "ignored: swarm stacks do not use it (like docker)")
@@ -187,6 +191,118 @@ impl Check<'_> {
             }
         }
         def
+    }
+
+    /// `healthcheck`: a string test runs in a shell (`CMD-SHELL`); a list starts with `NONE`,
+    /// `CMD` or `CMD-SHELL`; `disable: true` is `["NONE"]`. There is no test to inherit (the
+    /// image's HEALTHCHECK is not read), so one is required.
+    fn healthcheck(&mut self, value: &Value, path: &Path) -> Option<HealthCheck> {
+        const KEYS: [&str; 7] = [
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "start_interval",
+            "disable",
+        ];
+        let mut check = HealthCheck::default();
+        let mut test = None;
+        let mut disable = None;
+        for (key, v) in self.mapping(value, path) {
+            let p = path.key(&key);
+            match key.as_str() {
+                "test" => test = self.health_test(v, &p).map(|t| (t, p)),
+                "interval" => check.interval_ms = self.positive_ms(v, &p),
+                "timeout" => check.timeout_ms = self.positive_ms(v, &p),
+                "retries" => match self.u64(v, &p) {
+                    Some(0) => self.error(&p, "must be at least 1 (absent: 3)"),
+                    Some(n) => match u32::try_from(n) {
+                        Ok(n) => check.retries = Some(n),
+                        Err(_) => self.invalid(&p, v, "at most 4294967295"),
+                    },
+                    None => {}
+                },
+                "start_period" => {
+                    check.start_period_ms = self.duration(v, &p).map_or(0, duration_ms)
+                }
+                "start_interval" => self.warn(&p, "not applied yet: ignored"),
+                "disable" => disable = self.bool(v, &p).map(|d| (d, p)),
+                k if k.starts_with("x-") => {}
+                _ => self.unknown(&p, &KEYS),
+            }
+        }
+        match (disable, test) {
+            (Some((true, _)), Some((test, p))) if test != ["NONE"] => {
+                self.error(&p, "a test cannot be combined with disable: true");
+                None
+            }
+            (Some((true, _)), _) => Some(HealthCheck {
+                test: vec!["NONE".to_string()],
+                ..Default::default()
+            }),
+            (_, Some((test, _))) => {
+                check.test = test;
+                Some(check)
+            }
+            (_, None) => {
+                if !self.errors.iter().any(|e| e.path == path.key("test")) {
+                    self.error(
+                        path,
+                        "test is required (the image's HEALTHCHECK is not read); use disable: true to turn it off",
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// A health check test, in the form the managers take.
+    fn health_test(&mut self, value: &Value, path: &Path) -> Option<Vec<String>> {
+        let test = match value {
+            Value::String(s) if s.trim().is_empty() => {
+                self.error(path, "the command is empty");
+                return None;
+            }
+            Value::String(s) => return Some(vec!["CMD-SHELL".to_string(), s.clone()]),
+            Value::Sequence(_) => self.strings(value, path, false),
+            other => {
+                self.invalid(
+                    path,
+                    other,
+                    "a command line or a list starting with NONE, CMD or CMD-SHELL",
+                );
+                return None;
+            }
+        };
+        let problem = match test.first().map(String::as_str) {
+            Some("NONE") if test.len() > 1 => Some("NONE takes no arguments"),
+            Some("CMD") if test.len() < 2 || test[1].trim().is_empty() => {
+                Some("CMD needs a command: [CMD, program, args...]")
+            }
+            Some("CMD-SHELL") if test.len() != 2 || test[1].trim().is_empty() => {
+                Some("CMD-SHELL needs exactly one command line: [CMD-SHELL, \"command\"]")
+            }
+            Some("NONE" | "CMD" | "CMD-SHELL") => None,
+            _ => Some("the list starts with NONE, CMD or CMD-SHELL"),
+        };
+        match problem {
+            Some(problem) => {
+                self.error(path, problem);
+                None
+            }
+            None => Some(test),
+        }
+    }
+
+    /// A duration of at least 1 ms, in ms (the managers take 0 as a mistake).
+    fn positive_ms(&mut self, value: &Value, path: &Path) -> Option<u64> {
+        let ms = self.duration(value, path).map(duration_ms)?;
+        if ms == 0 {
+            self.error(path, "must be at least 1ms");
+            return None;
+        }
+        Some(ms)
     }
 
     fn env_files(&mut self, value: &Value, path: &Path) -> Vec<(String, Path)> {

@@ -228,7 +228,10 @@ fn specs_are_namespaced_under_the_stack() {
             .iter()
             .all(|(_, s)| s.labels[STACK_LABEL] == "shop" && s.driver == "overlay")
     );
-    let ids = HashMap::from([("front".to_string(), "n1".to_string())]);
+    let ids = model::Ids {
+        networks: HashMap::from([("front".to_string(), "n1".to_string())]),
+        ..Default::default()
+    };
     let web = stack.service_spec("shop", "web", &ids).unwrap();
     assert_eq!(web.name, "shop_web");
     assert_eq!(web.labels[STACK_LABEL], "shop");
@@ -426,19 +429,10 @@ fn ignored_and_unsupported_fields_warn() {
     depends_on: [db]
     container_name: web
     links: [db]
-    healthcheck: {test: [CMD, true]}
-    secrets: [pw]
-    configs: [conf]
-    deploy:
-      update_config: {parallelism: 1}
-      rollback_config: {parallelism: 1}
+    tty: true
   db:
     image: b
     restart: always
-secrets:
-  pw: {file: ./pw}
-configs:
-  conf: {file: ./conf}
 ");
     let w = &loaded.warnings;
     for (place, what) in [
@@ -446,30 +440,390 @@ configs:
         ("stack.yml:5:17: services.web.depends_on", "ignored"),
         ("stack.yml:6:21: services.web.container_name", "ignored"),
         ("stack.yml:7:12: services.web.links", "ignored"),
-        ("stack.yml:16:14: services.db.restart", "ignored"),
-        (
-            "stack.yml:8:18: services.web.healthcheck",
-            "not applied yet",
-        ),
-        ("stack.yml:9:14: services.web.secrets", "not applied yet"),
-        ("stack.yml:10:14: services.web.configs", "not applied yet"),
-        (
-            "stack.yml:12:22: services.web.deploy.update_config",
-            "not applied yet",
-        ),
-        (
-            "stack.yml:13:24: services.web.deploy.rollback_config",
-            "not applied yet",
-        ),
-        ("stack.yml:17:1: secrets", "not applied yet"),
-        ("stack.yml:19:1: configs", "not applied yet"),
+        ("stack.yml:8:10: services.web.tty", "not applied yet"),
+        ("stack.yml:11:14: services.db.restart", "ignored"),
     ] {
         assert!(
             w.iter().any(|l| l.starts_with(place) && l.contains(what)),
             "no {place}: {what} in {w:#?}"
         );
     }
-    assert_eq!(w.len(), 12, "{w:#?}");
+    assert_eq!(w.len(), 6, "{w:#?}");
+}
+
+/// Loads `text` as `stack.yml` in a directory holding `files`.
+fn load_in_dir(
+    text: &str,
+    files: &[(&str, &str)],
+) -> (tempfile::TempDir, Result<Loaded, LoadError>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, data) in files {
+        std::fs::write(dir.path().join(name), data).unwrap();
+    }
+    let result = load(&sources(&[("stack.yml", text)]), &vars(), dir.path());
+    (dir, result)
+}
+
+/// Every expected `(prefix, part)` is one of `lines`, and there are no others.
+fn assert_lines(lines: &[String], expect: &[(&str, &str)]) {
+    for (prefix, part) in expect {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(prefix) && l.contains(part)),
+            "missing {prefix:?} ... {part:?} in {lines:#?}"
+        );
+    }
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+}
+
+#[test]
+fn secrets_and_configs_come_from_files() {
+    let text = "services:
+  web:
+    image: a
+    secrets:
+      - pw
+      - source: pw
+        target: db_password
+        uid: \"1000\"
+        gid: 1000
+        mode: 0440
+    configs:
+      - conf
+      - source: conf
+        target: /etc/app.conf
+        mode: \"0600\"
+secrets:
+  pw:
+    file: ./pw.txt
+    labels: [k=v]
+  ext:
+    external: true
+    name: real_ext
+  old:
+    external: {name: older}
+configs:
+  conf:
+    file: ./conf.txt
+    name: my-conf
+    template_driver: golang
+";
+    let (_dir, loaded) = load_in_dir(text, &[("pw.txt", "s3cret\n"), ("conf.txt", "a=1")]);
+    let loaded = loaded.unwrap_or_else(|e| panic!("{e}"));
+    assert_lines(
+        &loaded.warnings,
+        &[(
+            "stack.yml:29:22: configs.conf.template_driver",
+            "not applied yet",
+        )],
+    );
+    let stack = &loaded.stack;
+    let pw = &stack.secrets["pw"];
+    assert_eq!(pw.data, b"s3cret\n");
+    assert_eq!(pw.labels["k"], "v");
+    assert!(!pw.external);
+    assert!(pw.at.starts_with("stack.yml:17:3: secrets.pw"), "{}", pw.at);
+    assert_eq!(stack.configs["conf"].data, b"a=1");
+
+    let spec = &stack.services["web"].spec;
+    let secrets: Vec<_> = spec
+        .secrets
+        .iter()
+        .map(|r| (r.source.as_str(), r.target.as_str(), r.uid, r.gid, r.mode))
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            ("pw", "pw", 0, 0, None),
+            ("pw", "db_password", 1000, 1000, Some(0o440))
+        ]
+    );
+    let configs: Vec<_> = spec
+        .configs
+        .iter()
+        .map(|r| (r.source.as_str(), r.target.as_str(), r.mode))
+        .collect();
+    assert_eq!(
+        configs,
+        [
+            ("conf", "/conf", None),
+            ("conf", "/etc/app.conf", Some(0o600))
+        ]
+    );
+
+    // Under a stack: created names, explicit names, external names, or ids once known.
+    use files::FileKind::{Config, Secret};
+    assert_eq!(stack.file_name(Secret, "st", "pw"), "st_pw");
+    assert_eq!(stack.file_name(Secret, "st", "ext"), "real_ext");
+    assert_eq!(stack.file_name(Secret, "st", "old"), "older");
+    assert_eq!(stack.file_name(Config, "st", "conf"), "my-conf");
+    assert_eq!(stack.used_files(Secret), ["pw"]);
+    let web = stack
+        .service_spec("st", "web", &model::Ids::default())
+        .unwrap();
+    assert_eq!(web.secrets[1].source, "st_pw");
+    assert_eq!(web.configs[0].source, "my-conf");
+    let ids = model::Ids {
+        secrets: HashMap::from([("pw".to_string(), "S1".to_string())]),
+        ..Default::default()
+    };
+    let web = stack.service_spec("st", "web", &ids).unwrap();
+    assert_eq!(web.secrets[0].source, "S1");
+    assert_eq!(web.secrets[0].target, "pw");
+}
+
+#[test]
+fn secret_and_config_errors_are_placed() {
+    let text = "services:
+  web:
+    image: a
+    secrets:
+      - nope
+      - source: pw
+        mode: \"0899\"
+        target: a/b
+      - {target: x}
+    configs:
+      - source: conf
+        target: relative
+        uid: -1
+      - conf
+      - source: conf
+        target: /conf
+secrets:
+  pw:
+    file: ./missing.txt
+    environment: X
+  both:
+    external: true
+    file: ./pw.txt
+  none: {}
+configs:
+  conf:
+    file: ./conf.txt
+";
+    let (dir, result) = load_in_dir(text, &[("pw.txt", "x"), ("conf.txt", "c")]);
+    let errs = result.unwrap_err().errors;
+    let missing = format!("cannot read {}", dir.path().join("missing.txt").display());
+    assert_lines(
+        &errs,
+        &[
+            (
+                "stack.yml:5:9: services.web.secrets[0]",
+                "secret \"nope\" is not defined in the top-level secrets",
+            ),
+            (
+                "stack.yml:7:15: services.web.secrets[1].mode",
+                "a file mode such as 0440",
+            ),
+            (
+                "stack.yml:6:9: services.web.secrets[1]",
+                "invalid target \"a/b\"",
+            ),
+            (
+                "stack.yml:9:9: services.web.secrets[2]",
+                "source is required",
+            ),
+            (
+                "stack.yml:11:9: services.web.configs[0]",
+                "invalid target \"relative\"",
+            ),
+            (
+                "stack.yml:13:14: services.web.configs[0].uid",
+                "non-negative integer",
+            ),
+            (
+                "stack.yml:15:9: services.web.configs[2]",
+                "/conf is the target of another config",
+            ),
+            ("stack.yml:19:11: secrets.pw.file", &missing),
+            ("stack.yml:20:5: secrets.pw.environment", "unknown key"),
+            (
+                "stack.yml:23:11: secrets.both.file",
+                "an external one has no file",
+            ),
+            (
+                "stack.yml:24:9: secrets.none",
+                "file is required (or external: true)",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn healthchecks() {
+    let stack = ok("services:
+  a:
+    image: a
+    healthcheck:
+      test: curl -f http://localhost || exit 1
+      interval: 1m30s
+      timeout: 10s
+      retries: 5
+      start_period: 500ms
+  b:
+    image: b
+    healthcheck:
+      test: [CMD, /bin/check, --quick]
+  c:
+    image: c
+    healthcheck: {disable: true}
+")
+    .stack;
+    let a = stack.services["a"].spec.healthcheck.clone().unwrap();
+    assert_eq!(a.test, ["CMD-SHELL", "curl -f http://localhost || exit 1"]);
+    assert_eq!(
+        (a.interval_ms, a.timeout_ms, a.retries, a.start_period_ms),
+        (Some(90_000), Some(10_000), Some(5), 500)
+    );
+    let b = stack.services["b"].spec.healthcheck.clone().unwrap();
+    assert_eq!(b.test, ["CMD", "/bin/check", "--quick"]);
+    assert_eq!((b.interval_ms, b.retries), (None, None));
+    let c = stack.services["c"].spec.healthcheck.clone().unwrap();
+    assert_eq!(c.test, ["NONE"]);
+
+    let errs = errors(
+        "services:
+  a:
+    image: a
+    healthcheck:
+      test: [CMD-SHELL]
+      interval: 0s
+      retries: 0
+  b:
+    image: b
+    healthcheck:
+      interval: 10s
+  c:
+    image: c
+    healthcheck:
+      test: [BOGUS, x]
+      timeout: soon
+      intervall: 1s
+  d:
+    image: d
+    healthcheck:
+      test: [CMD, x]
+      disable: true
+",
+    );
+    assert_lines(
+        &errs,
+        &[
+            (
+                "stack.yml:5:13: services.a.healthcheck.test",
+                "CMD-SHELL needs exactly one",
+            ),
+            (
+                "stack.yml:6:17: services.a.healthcheck.interval",
+                "at least 1ms",
+            ),
+            (
+                "stack.yml:7:16: services.a.healthcheck.retries",
+                "at least 1",
+            ),
+            ("stack.yml:10:5: services.b.healthcheck", "test is required"),
+            (
+                "stack.yml:15:13: services.c.healthcheck.test",
+                "starts with NONE, CMD or CMD-SHELL",
+            ),
+            (
+                "stack.yml:16:16: services.c.healthcheck.timeout",
+                "invalid duration \"soon\"",
+            ),
+            (
+                "stack.yml:17:7: services.c.healthcheck.intervall",
+                "did you mean \"interval\"",
+            ),
+            (
+                "stack.yml:21:13: services.d.healthcheck.test",
+                "cannot be combined with disable",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn update_and_rollback_configs() {
+    let stack = ok("services:
+  web:
+    image: a
+    deploy:
+      update_config:
+        parallelism: 2
+        delay: 10s
+        failure_action: rollback
+        monitor: 1m
+        max_failure_ratio: 0.25
+        order: start-first
+      rollback_config:
+        parallelism: 0
+        failure_action: continue
+")
+    .stack;
+    let spec = &stack.services["web"].spec;
+    let update = spec.update_config.clone().unwrap();
+    assert_eq!(update.parallelism, Some(2));
+    assert_eq!(update.delay_ms, 10_000);
+    assert_eq!(update.failure_action, "rollback");
+    assert_eq!(update.monitor_ms, Some(60_000));
+    assert_eq!(update.max_failure_ratio, 0.25);
+    assert_eq!(update.order, "start-first");
+    let rollback = spec.rollback_config.clone().unwrap();
+    assert_eq!(
+        (
+            rollback.parallelism,
+            rollback.failure_action.as_str(),
+            rollback.monitor_ms
+        ),
+        (Some(0), "continue", None)
+    );
+
+    let errs = errors(
+        "services:
+  web:
+    image: a
+    deploy:
+      update_config:
+        paralelism: 2
+        max_failure_ratio: 1.5
+        order: random
+        monitor: 5
+      rollback_config:
+        failure_action: rollback
+        parallelism: -1
+",
+    );
+    assert_lines(
+        &errs,
+        &[
+            (
+                "stack.yml:6:9: services.web.deploy.update_config.paralelism",
+                "did you mean \"parallelism\"",
+            ),
+            (
+                "stack.yml:7:28: services.web.deploy.update_config.max_failure_ratio",
+                "a fraction from 0 to 1",
+            ),
+            (
+                "stack.yml:8:16: services.web.deploy.update_config.order",
+                "one of stop-first, start-first",
+            ),
+            (
+                "stack.yml:9:18: services.web.deploy.update_config.monitor",
+                "missing unit",
+            ),
+            (
+                "stack.yml:11:25: services.web.deploy.rollback_config.failure_action",
+                "one of pause, continue",
+            ),
+            (
+                "stack.yml:12:22: services.web.deploy.rollback_config.parallelism",
+                "non-negative integer",
+            ),
+        ],
+    );
 }
 
 #[test]
