@@ -300,3 +300,189 @@ async fn stack_cli_deploys_updates_prunes_and_removes() -> Result<()> {
     lab.passed();
     Ok(())
 }
+
+const VAULT: &str = r#"
+services:
+  app:
+    image: busybox:1.36
+    secrets:
+      - source: db_pw
+        target: db_password
+        mode: 0440
+      - ext
+    configs:
+      - source: conf
+        target: /etc/app.conf
+    healthcheck:
+      test: ["CMD", "/bin/true"]
+      interval: 5s
+      retries: 2
+    deploy:
+      update_config:
+        parallelism: 2
+        delay: 1s
+        failure_action: rollback
+        order: start-first
+      rollback_config:
+        failure_action: continue
+secrets:
+  db_pw:
+    file: ./db_pw.txt
+  ext:
+    external: true
+    name: shared_pw
+configs:
+  conf:
+    file: ./app.conf
+"#;
+
+/// The id of secret or config `name` (`kind` is "secret" or "config").
+async fn blob_id(lab: &Lab, kind: &str, name: &str) -> Result<String> {
+    let out = lab.cli(&[kind, "inspect", name]).await?;
+    assert!(out.success, "{kind} inspect {name}: {out:?}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout)?;
+    Ok(list[0]["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// The names `secret ls` or `config ls` prints.
+async fn blob_names(lab: &Lab, kind: &str) -> Result<Vec<String>> {
+    let out = lab.cli(&[kind, "ls"]).await?;
+    assert!(out.success, "{kind} ls: {out:?}");
+    Ok(rows(&out.stdout)
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(1).map(str::to_string))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stack_cli_applies_secrets_configs_healthcheck_and_update_config() -> Result<()> {
+    let mut lab = Lab::cluster("stack-files", 1, Tuning::fast()).await?;
+    let dir = lab.root().join("vault");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("db_pw.txt"), "hunter2\n")?;
+    std::fs::write(dir.join("app.conf"), "level=debug\n")?;
+    std::fs::write(dir.join("shared.txt"), "shared\n")?;
+    let file = dir.join("docker-stack.yml");
+    let file_arg = file.display().to_string();
+    std::fs::write(&file, VAULT)?;
+    let args = [
+        "stack",
+        "deploy",
+        "-d",
+        "--no-resolve-image",
+        "-c",
+        &file_arg,
+        "vault",
+    ];
+
+    // The external secret must exist: refused, naming its declaration, and nothing created.
+    let out = lab.cli(&args).await?;
+    assert!(
+        !out.success,
+        "a missing external secret was accepted: {out:?}"
+    );
+    let place =
+        format!("{file_arg}:28:3: secrets.ext: secret \"shared_pw\" is declared as external");
+    assert!(out.stderr.contains(&place), "no {place:?}: {out:?}");
+    assert!(blob_names(&lab, "secret").await?.is_empty());
+    assert!(blob_names(&lab, "config").await?.is_empty());
+
+    let shared = dir.join("shared.txt").display().to_string();
+    let out = lab.cli(&["secret", "create", "shared_pw", &shared]).await?;
+    assert!(out.success, "secret create: {out:?}");
+    let out = lab.cli(&args).await?;
+    assert!(out.success, "stack deploy: {out:?}");
+    println!("{}{}", out.stdout, out.stderr);
+    for line in [
+        "Creating secret vault_db_pw",
+        "Creating config vault_conf",
+        "Creating service vault_app",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?}: {out:?}");
+    }
+    assert!(!out.stderr.contains("not applied yet"), "{out:?}");
+
+    // service inspect shows what the file says, the references by id.
+    let out = lab.cli(&["service", "inspect", "vault_app"]).await?;
+    assert!(out.success, "service inspect: {out:?}");
+    let inspected: Vec<serde_json::Value> = serde_json::from_str(&out.stdout)?;
+    let spec = &inspected[0]["spec"];
+    let db_pw = blob_id(&lab, "secret", "vault_db_pw").await?;
+    let shared_id = blob_id(&lab, "secret", "shared_pw").await?;
+    let conf = blob_id(&lab, "config", "vault_conf").await?;
+    let secrets = &spec["secrets"];
+    assert_eq!(secrets[0]["source"], db_pw.as_str(), "{spec}");
+    assert_eq!(secrets[0]["target"], "db_password", "{spec}");
+    assert_eq!(secrets[0]["mode"], 0o440, "{spec}");
+    assert_eq!(secrets[1]["source"], shared_id.as_str(), "{spec}");
+    assert_eq!(secrets[1]["target"], "ext", "{spec}");
+    assert_eq!(spec["configs"][0]["source"], conf.as_str(), "{spec}");
+    assert_eq!(spec["configs"][0]["target"], "/etc/app.conf", "{spec}");
+    let health = &spec["healthcheck"];
+    assert_eq!(
+        health["test"],
+        serde_json::json!(["CMD", "/bin/true"]),
+        "{spec}"
+    );
+    assert_eq!(health["interval_ms"], 5000, "{spec}");
+    assert_eq!(health["retries"], 2, "{spec}");
+    let update = &spec["update_config"];
+    assert_eq!(update["parallelism"], 2, "{spec}");
+    assert_eq!(update["delay_ms"], 1000, "{spec}");
+    assert_eq!(update["failure_action"], "rollback", "{spec}");
+    assert_eq!(update["order"], "start-first", "{spec}");
+    assert_eq!(
+        spec["rollback_config"]["failure_action"], "continue",
+        "{spec}"
+    );
+    let version = inspected[0]["version"].as_u64();
+
+    // The same files again: the secret and config are reused, the service unchanged.
+    let out = lab.cli(&args).await?;
+    assert!(out.success, "stack deploy (again): {out:?}");
+    assert!(!out.stdout.contains("Creating"), "{out:?}");
+    assert!(
+        out.stdout.contains("Service vault_app is unchanged"),
+        "{out:?}"
+    );
+
+    // New secret data under the same name is refused before anything is created.
+    std::fs::write(dir.join("db_pw.txt"), "hunter3\n")?;
+    std::fs::write(
+        &file,
+        VAULT
+            .replace(
+                "configs:\n  conf:",
+                "configs:\n  more:\n    file: ./app.conf\n  conf:",
+            )
+            .replace(
+                "secrets:\n  db_pw:",
+                "  other:\n    image: busybox:1.36\n    configs: [more]\nsecrets:\n  db_pw:",
+            ),
+    )?;
+    let out = lab.cli(&args).await?;
+    assert!(!out.success, "changed secret data was accepted: {out:?}");
+    let place = format!(
+        "{file_arg}:29:3: secrets.db_pw: secret \"vault_db_pw\" already exists with other data"
+    );
+    assert!(out.stderr.contains(&place), "no {place:?}: {out:?}");
+    assert_eq!(blob_names(&lab, "config").await?, ["vault_conf"]);
+    let listed = services(&lab, "vault").await?;
+    assert_eq!(listed.keys().collect::<Vec<_>>(), ["vault_app"]);
+    assert_eq!(listed["vault_app"]["version"].as_u64(), version);
+
+    // rm: the service, then the stack's secret and config; the external one stays.
+    let out = lab.cli(&["stack", "rm", "vault"]).await?;
+    assert!(out.success, "stack rm: {out:?}");
+    println!("{}", out.stdout);
+    assert!(
+        out.stdout.contains("Removing secret vault_db_pw"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("Removing config vault_conf"), "{out:?}");
+    assert_eq!(blob_names(&lab, "secret").await?, ["shared_pw"]);
+    assert!(blob_names(&lab, "config").await?.is_empty());
+
+    lab.passed();
+    Ok(())
+}
