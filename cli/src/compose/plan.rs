@@ -147,12 +147,21 @@ pub fn plan_files(
         .filter_map(|s| Some((s.spec.as_ref()?.name.as_str(), s)))
         .collect();
     let what = kind.word();
+    // Cluster name -> key: two keys cannot name one object.
+    let mut seen: HashMap<String, &str> = HashMap::new();
     for key in def.used_files(kind) {
         let file = &def.files(kind)[key];
         let at = &file.at;
         let name = def.file_name(kind, stack, key);
         if let Err(e) = check_name(what, &name) {
             errors.push(format!("{at}: {e}"));
+            continue;
+        }
+        if let Some(other) = seen.insert(name.clone(), key) {
+            errors.push(format!(
+                "{at}: the {what} name {name:?} is also the name of {}.{other}",
+                kind.section()
+            ));
             continue;
         }
         let found = by_name.get(name.as_str());
@@ -693,6 +702,7 @@ configs:
         let plan = plan_files(&def, "s", FileKind::Config, &[]).unwrap();
         let mut stored = plan.create[0].1.clone();
         assert!(!stored.labels.contains_key(DIGEST_LABEL));
+        assert_eq!(stored.data, b"c=1");
         let existing = [blob("C", stored.clone())];
         let plan = plan_files(&def, "s", FileKind::Config, &existing).unwrap();
         assert_eq!(plan.ids["conf"], "C");
@@ -753,5 +763,27 @@ configs:
         let mut other = stored;
         other.healthcheck.as_mut().unwrap().retries = Some(4);
         assert!(!unchanged(&desired, &other));
+    }
+
+    #[test]
+    fn two_keys_cannot_name_one_object() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let sources = [Source {
+            name: "s.yml".to_string(),
+            text: "services:
+  web: {image: web, configs: [a, b]}
+configs:
+  a: {file: ./f, name: same}
+  b: {file: ./f, name: same}
+"
+            .to_string(),
+        }];
+        let def = load(&sources, &Vars::default(), dir.path()).unwrap().stack;
+        let errs = plan_files(&def, "s", FileKind::Config, &[]).unwrap_err();
+        assert_eq!(
+            errs,
+            ["s.yml:5:3: configs.b: the config name \"same\" is also the name of configs.a"]
+        );
     }
 }
