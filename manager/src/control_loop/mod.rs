@@ -2,8 +2,7 @@
 //! it runs a round ([`plan_round`]: orchestrators, then scheduler) when it becomes leader,
 //! after every applied change (bursts coalesced: events that queue up while a round or its
 //! write runs are taken together) and when a delayed restart or a rolling update step falls due
-//! ([`next_update_due`]), and proposes each
-//! non-empty batch as one `Op::Batch`.
+//! ([`next_update_due`]), and proposes each non-empty batch as one `Op::Batch`.
 //!
 //! Bounded: a batch refused for a version conflict is recomputed on the next change only (a
 //! refused write applies no event, so a refusal alone never triggers another round); a Raft
@@ -108,7 +107,7 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
             let now = now_ms();
             let mut ids = new_id;
             let changes = plan_round(&store, now, &mut ids);
-            let restart_at = [next_restart_due(&store), next_update_due(store.services.values())]
+            let restart_at = [next_restart_due(&store), next_update_due(store.services.values(), now)]
                 .into_iter()
                 .flatten()
                 .filter(|&due| due > now)

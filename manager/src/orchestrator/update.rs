@@ -53,16 +53,17 @@ pub(crate) fn units(service: &Service, tasks: &[&Task], now_ms: i64, ids: &mut d
     if changes.is_empty() { Vec::new() } else { vec![changes] }
 }
 
-/// The earliest time the updater of some service has something to do without any change to
-/// the store: the next slot after a delay, or the end of a replacement's monitor period.
-pub fn next_update_due<'a>(services: impl IntoIterator<Item = &'a Service>) -> Option<i64> {
+/// The earliest time after `now_ms` at which the updater of some service has something to do
+/// without any change to the store: the next slot after a delay, or the end of a replacement's
+/// monitor period.
+pub fn next_update_due<'a>(services: impl IntoIterator<Item = &'a Service>, now_ms: i64) -> Option<i64> {
     services
         .into_iter()
         .filter_map(|service| {
             let status = service.update_status.as_ref().filter(|s| s.state.in_progress())?;
             let monitor = ms(config_of(&service.spec, status.state).monitor_ms);
             let monitors = status.watching.values().filter(|&&since| since > 0).map(|since| since.saturating_add(monitor));
-            monitors.chain((status.next_batch_ms > 0).then_some(status.next_batch_ms)).min()
+            monitors.chain([status.next_batch_ms]).filter(|&due| due > now_ms).min()
         })
         .min()
 }

@@ -158,7 +158,7 @@ fn the_delay_holds_the_next_slot_and_wakes_the_leader() {
     sim.converge();
     // The first slot is replaced; the second waits for the delay.
     assert_eq!(live_images(&sim, &web), vec!["web:2", "web:1"]);
-    let due = next_update_due(sim.store.services.values());
+    let due = next_update_due(sim.store.services.values(), sim.now);
     assert!(due.is_some_and(|due| due > sim.now && due <= sim.now + 10_000), "{due:?}");
     sim.now += 10_000;
     sim.converge();
@@ -166,7 +166,7 @@ fn the_delay_holds_the_next_slot_and_wakes_the_leader() {
     sim.converge();
     assert_eq!(live_images(&sim, &web), vec!["web:2", "web:2"]);
     assert_eq!(state(&sim, &web), UpdateState::Completed);
-    assert_eq!(next_update_due(sim.store.services.values()), None);
+    assert_eq!(next_update_due(sim.store.services.values(), sim.now), None);
 }
 
 #[test]
@@ -194,4 +194,58 @@ fn scaling_does_not_count_as_a_change_of_the_tasks() {
     let mut forced = spec.clone();
     forced.force_update += 1;
     assert!(!spec.same_task_as(&forced));
+}
+
+#[test]
+fn a_start_first_update_with_a_health_check_completes_once_healthy() {
+    let mut sim = Sim::new();
+    sim.add_node("a");
+    sim.add_node("b");
+    let mut spec = spec_with(4, config(2, UpdateOrder::StartFirst, FailureAction::Rollback));
+    spec.healthcheck = Some(crate::store::HealthCheck { test: vec!["CMD".into(), "true".into()], ..Default::default() });
+    let web = sim.add_service("web", spec);
+    let healthy = |sim: &mut Sim| {
+        let running: Vec<Task> = sim
+            .store
+            .tasks
+            .values()
+            .filter(|t| t.status.state == TaskState::Running && t.status.health.is_empty())
+            .cloned()
+            .collect();
+        for mut task in running {
+            task.status.health = "healthy".into();
+            sim.apply(vec![crate::store::Change::Update { object: crate::store::Object::Task(task), expected_version: None }]);
+        }
+    };
+    for _ in 0..5 {
+        sim.converge();
+        healthy(&mut sim);
+    }
+    update_image(&mut sim, &web, "web:2");
+    run(&mut sim, 20, "", |_| {});
+    for _ in 0..20 {
+        sim.reconcile();
+        sim.schedule();
+        sim.agents();
+        healthy(&mut sim);
+        sim.now += 1_000;
+    }
+    assert_eq!(live_images(&sim, &web), vec!["web:2"; 4]);
+    assert_eq!(state(&sim, &web), UpdateState::Completed, "{:?}", sim.store.services[&web].update_status);
+}
+
+#[test]
+fn the_leader_is_woken_for_the_end_of_the_monitor_period() {
+    let mut sim = Sim::new();
+    sim.add_node("a");
+    let web = sim.add_service("web", spec_with(1, config(1, UpdateOrder::StartFirst, FailureAction::Pause)));
+    sim.converge();
+    update_image(&mut sim, &web, "web:2");
+    // Without time passing, the replacement runs and is watched; the delay (0) is behind us.
+    sim.converge();
+    assert_eq!(state(&sim, &web), UpdateState::Updating);
+    assert_eq!(next_update_due(sim.store.services.values(), sim.now), Some(sim.now + 1_000));
+    sim.now += 1_000;
+    sim.converge();
+    assert_eq!(state(&sim, &web), UpdateState::Completed);
 }
