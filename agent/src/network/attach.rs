@@ -69,6 +69,11 @@ impl Overlay {
                 self.ensure_network(&mut st, view).await?;
             }
             let (wiring, links) = Self::reserve(&st, &views)?;
+            for link in &links {
+                if let Some(network) = st.networks.get_mut(&link.network_id) {
+                    network.last_address = Some(link.address);
+                }
+            }
             let gateway = st
                 .networks
                 .get(&dns_view.id)
@@ -131,7 +136,13 @@ impl Overlay {
                     .filter(|l| l.network_id == view.id)
                     .map(|l| l.address),
             );
-            let address = plan::next_address(config.subnet, &used).ok_or_else(|| {
+            let last = links
+                .iter()
+                .rev()
+                .find(|l| l.network_id == view.id)
+                .map(|l| l.address)
+                .or_else(|| st.networks.get(&view.id).and_then(|n| n.last_address));
+            let address = plan::next_address(config.subnet, &used, last).ok_or_else(|| {
                 format!(
                     "network {}: no free address left in {}",
                     view.name, config.subnet

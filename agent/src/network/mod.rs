@@ -90,6 +90,8 @@ struct LocalNetwork {
     /// The ingress network: the host's own veth into it is up, and the published-port rules last
     /// applied in the host namespace.
     mesh: Option<Option<String>>,
+    /// The container address given out last ([`plan::next_address`] goes on from there).
+    last_address: Option<Ipv4Addr>,
 }
 
 #[derive(Default)]
@@ -118,6 +120,9 @@ impl State {
             .collect()
     }
 }
+
+/// A view change applied later than this after it arrived is logged.
+const SLOW_SYNC: Duration = Duration::from_millis(100);
 
 /// The overlay networks of this host.
 pub struct Overlay {
@@ -278,7 +283,9 @@ impl Overlay {
                 continue;
             }
             let views = self.views.borrow().clone();
+            let started = tokio::time::Instant::now();
             let mut st = self.state.lock().await;
+            let locked = started.elapsed();
             if force {
                 for n in st.networks.values_mut() {
                     n.remotes = None;
@@ -289,6 +296,13 @@ impl Overlay {
                 }
             }
             self.sync_locked(&mut st, &views).await;
+            if started.elapsed() > SLOW_SYNC {
+                tracing::info!(
+                    waited_ms = locked.as_millis() as u64,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "network: views applied slowly"
+                );
+            }
         }
     }
 
@@ -381,6 +395,8 @@ impl Overlay {
             .await?;
             let dns = self.start_dns(&config).await;
             tracing::info!(network = %view.name, vni = view.vni, lease = %config.subnet, "network: set up on this host");
+            // After a restart, go on after the highest address in use.
+            let last_address = st.used_addresses(&view.id).last().copied();
             st.networks.insert(
                 view.id.clone(),
                 LocalNetwork {
@@ -389,6 +405,7 @@ impl Overlay {
                     remotes: None,
                     vip_rules: None,
                     mesh: None,
+                    last_address,
                 },
             );
         }
@@ -408,6 +425,7 @@ impl Overlay {
         if n.vip_rules.as_ref() != Some(&rules) {
             let (netns, r) = (n.config.netns.clone(), rules.clone());
             blocking(move || lb::apply_ruleset(&netns, &r)).await?;
+            tracing::debug!(network = %view.name, "network: VIP rules applied");
             n.vip_rules = Some(rules);
         }
         if view.ingress {
@@ -456,6 +474,7 @@ impl Overlay {
         if n.mesh.as_ref().and_then(|r| r.as_ref()) != Some(&rules) {
             let r = rules.clone();
             blocking(move || lb::apply_ruleset(Path::new(OWN_NETNS), &r)).await?;
+            tracing::debug!(rules = %rules, "network: published-port rules applied");
             n.mesh = Some(Some(rules));
         }
         Ok(())

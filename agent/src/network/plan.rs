@@ -21,13 +21,25 @@ pub fn host_address(lease: Subnet) -> Ipv4Addr {
     Ipv4Addr::from((u64::from(u32::from(lease.network())) + size - 2) as u32)
 }
 
-/// The first free container address of `lease`: not the network address, not the gateway
-/// (`.1`), not the host's address ([`host_address`]), not the broadcast address, and not in
-/// `used`. `None` when the lease is full.
-pub fn next_address(lease: Subnet, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+/// The next free container address of `lease` after `last` (the one given out before),
+/// wrapping around: not the network address, not the gateway (`.1`), not the host's address
+/// ([`host_address`]), not the broadcast address, and not in `used`. `None` when the lease is
+/// full. Addresses go round rather than the lowest free one being reused at once: a stopped
+/// container's address stays in the neighbour caches of the hosts for a while, and a new
+/// container behind it would be unreachable until they expire.
+pub fn next_address(
+    lease: Subnet,
+    used: &BTreeSet<Ipv4Addr>,
+    last: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
     let first = u32::from(lease.gateway()) + 1;
     let host = u32::from(host_address(lease));
-    (first..host)
+    let start = last
+        .map(u32::from)
+        .filter(|l| (first..host).contains(l))
+        .map_or(first, |l| l + 1);
+    (start..host)
+        .chain(first..start)
         .map(Ipv4Addr::from)
         .find(|a| !used.contains(a))
 }
@@ -207,16 +219,21 @@ mod tests {
     fn addresses_skip_gateway_used_and_broadcast() {
         let lease = sn("10.0.3.0/24");
         let mut used = BTreeSet::new();
-        assert_eq!(next_address(lease, &used), Some(Ipv4Addr::new(10, 0, 3, 2)));
+        assert_eq!(next_address(lease, &used, None), Some(Ipv4Addr::new(10, 0, 3, 2)));
         used.insert(Ipv4Addr::new(10, 0, 3, 2));
         used.insert(Ipv4Addr::new(10, 0, 3, 4));
-        assert_eq!(next_address(lease, &used), Some(Ipv4Addr::new(10, 0, 3, 3)));
+        assert_eq!(next_address(lease, &used, None), Some(Ipv4Addr::new(10, 0, 3, 3)));
         let full: BTreeSet<Ipv4Addr> = (2..=253).map(|i| Ipv4Addr::new(10, 0, 3, i)).collect();
         assert_eq!(
-            next_address(lease, &full),
+            next_address(lease, &full, None),
             None,
             "never .254 (the host) nor .255"
         );
+        // Round robin: a freed address is not handed out again at once; wraps at the end.
+        let after = |last: u8| next_address(lease, &used, Some(Ipv4Addr::new(10, 0, 3, last)));
+        assert_eq!(after(3), Some(Ipv4Addr::new(10, 0, 3, 5)));
+        assert_eq!(after(253), Some(Ipv4Addr::new(10, 0, 3, 3)));
+        assert_eq!(after(254), Some(Ipv4Addr::new(10, 0, 3, 3)), "out of range: from the start");
         assert_eq!(host_address(lease), Ipv4Addr::new(10, 0, 3, 254));
     }
 

@@ -137,6 +137,13 @@ pub fn vtep_mac(underlay_ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x56, o[0], o[1], o[2], o[3]]
 }
 
+/// The MAC of a network's bridge on a host, derived from its gateway address (locally
+/// administered, unicast; distinct from [`vtep_mac`]).
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
 /// A network namespace, given by the path of its nsfs file (`/run/netns/NAME`, `/proc/PID/ns/net`).
 pub type NetnsPath = PathBuf;
 

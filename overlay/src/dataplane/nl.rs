@@ -20,7 +20,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use super::{
-    Attachment, BRIDGE_NAME, Change, Error, NetworkConfig, ObservedRemotes, RemoteHost, Result,
+    Attachment, BRIDGE_NAME, bridge_mac, Change, Error, NetworkConfig, ObservedRemotes, RemoteHost, Result,
     Subnet, VXLAN_NAME, VXLAN_PORT, plan_remotes,
 };
 
@@ -292,11 +292,20 @@ pub fn ensure_network(cfg: &NetworkConfig) -> Result<()> {
                 link_index(&h, BRIDGE_NAME).await?
             }
         };
+        // A bridge without an address of its own takes the lowest of its ports' and changes it
+        // as containers come and go, which leaves the neighbours' entries for the gateway stale
+        // (their packets are dropped until they ask again): give it a fixed one.
         h.link()
-            .set(LinkUnspec::new_with_index(br).mtu(mtu).up().build())
+            .set(
+                LinkUnspec::new_with_index(br)
+                    .mtu(mtu)
+                    .address(bridge_mac(cfg.subnet.gateway()).to_vec())
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(nl("bridge mtu/up"))?;
+            .map_err(nl("bridge mtu/address/up"))?;
         write_sysctl(
             &format!("/proc/sys/net/ipv4/conf/{BRIDGE_NAME}/send_redirects"),
             "0",
