@@ -8,6 +8,7 @@
 //! - Redeploying with web's image v2 (start-first, parallelism 2) fails no request of a client
 //!   loop against the published port.
 //! - Redeploying with an image whose health check fails rolls back by itself; web ends on v2.
+//! - `service update --force` and `service rollback` wait and show the update's progress.
 //! - The secret's plaintext is on no disk of the lab (managers' data dirs, agents' dirs, logs).
 //! - A malformed compose file is refused with its line and column, and creates nothing.
 //!
@@ -303,11 +304,21 @@ fn a_five_service_stack_updates_without_failed_requests_and_rolls_back() {
     assert_eq!(live.len(), 4, "{live:?}");
     assert!(tally.bodies.iter().all(|(b, _)| b == "v2"), "{:?}", tally.bodies);
 
-    // 5. The secret's plaintext is on no disk of the lab.
+    // 5. The CLI waits for a rolling update and for a rollback, showing their progress.
+    for args in [&["service", "update", "--force", "shop_worker"][..], &["service", "rollback", "shop_worker"][..]] {
+        let out = lab.cli_command(args).expect("cli").output().expect("run cluster");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("tasks replaced") && stderr.contains("converged"), "{args:?}: {stderr}");
+    }
+    let worker = wait_service(&lab, "shop_worker", "worker rolled back", |s| update_state(s) == "rollback_completed");
+    assert_eq!(worker["spec"]["force_update"].as_u64().unwrap_or_default(), 0, "{worker}");
+
+    // 6. The secret's plaintext is on no disk of the lab.
     let found = disk::files_containing(&netlab::lab_dir("stck"), secret.as_bytes());
     assert!(found.is_empty(), "the secret's plaintext is in {found:?}");
 
-    // 6. A malformed file: refused with its position, nothing created.
+    // 7. A malformed file: refused with its position, nothing created.
     let bad = dir.join("bad.yml");
     let refused = deploy(&lab, &bad, "broken").expect_err("a malformed file is refused");
     assert!(refused.to_string().contains("bad.yml:4:"), "{refused}");
