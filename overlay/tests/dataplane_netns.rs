@@ -205,6 +205,9 @@ fn two_hosts_over_vxlan() {
         "{vx}"
     );
     assert!(vx.contains("02:56:0a:d6:00:01"), "{vx}");
+    // The bridge keeps its own address, whatever its ports' (a container is attached).
+    let br = ok(&["ip", "-n", &a.net_ns, "link", "show", "br0"]);
+    assert!(br.contains("02:42:0a:d6:01:01"), "{br}");
     let eth0 = ok(&["ip", "-n", &a.container_ns, "-o", "addr", "show", "eth0"]);
     assert!(eth0.contains("10.214.1.2/24"), "{eth0}");
     let r = ok(&["ip", "-n", &a.container_ns, "route", "show", "default"]);
