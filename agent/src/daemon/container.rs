@@ -85,12 +85,12 @@ pub fn exit_status(task_id: &str, container_id: &str, exit: &ExitInfo) -> TaskSt
     st
 }
 
-/// Stop signal (image's or SIGTERM) and grace (spec's or 10 s).
+/// Stop signal (spec's, image's or SIGTERM) and grace (spec's or 10 s).
 pub fn stop_params(spec: &ServiceSpec, image: &ImageConfig) -> (Signal, Duration) {
-    let signal = image
-        .stop_signal
-        .as_deref()
+    let signal = Some(spec.stop_signal.as_str())
+        .filter(|s| !s.is_empty())
         .and_then(parse_signal)
+        .or_else(|| image.stop_signal.as_deref().and_then(parse_signal))
         .unwrap_or(DEFAULT_STOP_SIGNAL);
     let grace = spec
         .stop_grace_period_ms
@@ -261,6 +261,8 @@ mod tests {
         );
         let (sig, grace) = stop_params(&spec, &image());
         assert_eq!((sig, grace), (Signal::SIGQUIT, DEFAULT_STOP_GRACE));
+        let spec = ServiceSpec { stop_signal: "usr1".into(), ..spec };
+        assert_eq!(stop_params(&spec, &image()).0, Signal::SIGUSR1, "the spec's signal wins");
     }
 
     #[test]

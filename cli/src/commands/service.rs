@@ -173,6 +173,9 @@ pub struct CreateArgs {
     /// Time to wait before killing a container, e.g. 10s.
     #[arg(long = "stop-grace-period", value_name = "DURATION", value_parser = parse_duration)]
     pub stop_grace_period: Option<Duration>,
+    /// Signal that stops the containers, e.g. SIGQUIT (default: the image's, else SIGTERM).
+    #[arg(long = "stop-signal", value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
     /// Container hostname.
     #[arg(long)]
     pub hostname: Option<String>,
@@ -276,6 +279,9 @@ pub struct UpdateArgs {
     /// New image.
     #[arg(long)]
     pub image: Option<String>,
+    /// New stop signal ("" for the image's again).
+    #[arg(long = "stop-signal", value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
     /// Add or replace an environment variable: KEY=VALUE (repeatable).
     #[arg(long = "env-add", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env_add: Vec<String>,
@@ -438,6 +444,7 @@ fn create_spec(args: &CreateArgs) -> anyhow::Result<ServiceSpec> {
         mode: service_mode,
         endpoint,
         stop_grace_period_ms: args.stop_grace_period.map(duration_ms),
+        stop_signal: args.stop_signal.clone().unwrap_or_default(),
         task_history_limit: None,
         networks: args.network.clone(),
         secrets: args.files.secret.clone(),
@@ -683,6 +690,9 @@ fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> anyhow::Result<()>
     if let Some(image) = &args.image {
         spec.image = image.clone();
     }
+    if let Some(signal) = &args.stop_signal {
+        spec.stop_signal = signal.clone();
+    }
     let env_key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
     let removed: Vec<String> = args
         .env_rm
@@ -730,13 +740,14 @@ async fn update(args: UpdateArgs, target: &Target) -> anyhow::Result<()> {
         && args.network_rm.is_empty()
         && args.files.is_empty()
         && !args.health.any()
-        && !args.rollout.any();
+        && !args.rollout.any()
+        && args.stop_signal.is_none();
     if nothing && !args.force {
         bail!(
             "nothing to update: pass --replicas, --image, --env-add/--env-rm, \
              --label-add/--label-rm, --constraint-add/--constraint-rm, \
              --network-add/--network-rm, --secret-add/--secret-rm, --config-add/--config-rm, \
-             --health-*, --update-*/--rollback-* or --force"
+             --health-*, --update-*/--rollback-*, --stop-signal or --force"
         );
     }
     let mut client = target.connect().await?.control();

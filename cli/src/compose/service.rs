@@ -11,7 +11,7 @@ use super::locate::Path;
 use crate::parse::{duration_ms, parse_publish};
 
 /// The service keys read here.
-pub const SERVICE_KEYS: [&str; 17] = [
+pub const SERVICE_KEYS: [&str; 18] = [
     "image",
     "command",
     "entrypoint",
@@ -25,6 +25,7 @@ pub const SERVICE_KEYS: [&str; 17] = [
     "working_dir",
     "labels",
     "stop_grace_period",
+    "stop_signal",
     "deploy",
     "secrets",
     "configs",
@@ -47,7 +48,7 @@ pub const SWARM_IGNORES: [&str; 11] = [
 ];
 
 /// Valid compose keys this cluster does not apply yet: a warning, so nothing passes silently.
-pub const NOT_YET: [&str; 24] = [
+pub const NOT_YET: [&str; 23] = [
     "cap_add",
     "cap_drop",
     "dns",
@@ -66,7 +67,6 @@ pub const NOT_YET: [&str; 24] = [
     "read_only",
     "shm_size",
     "stdin_open",
-    "stop_signal",
     "sysctls",
     "tmpfs",
     "tty",
@@ -138,6 +138,7 @@ impl Check<'_> {
                 "stop_grace_period" => {
                     spec.stop_grace_period_ms = self.duration(value, &p).map(duration_ms)
                 }
+                "stop_signal" => spec.stop_signal = self.string(value, &p).unwrap_or_default(),
                 "deploy" => self.deploy(value, &p, spec),
                 "secrets" => spec.secrets = self.file_refs(FileKind::Secret, value, &p),
                 "configs" => spec.configs = self.file_refs(FileKind::Config, value, &p),

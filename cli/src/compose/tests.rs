@@ -81,6 +81,7 @@ services:
     user: "1000:1000"
     working_dir: /srv
     stop_grace_period: 1m30s
+    stop_signal: SIGQUIT
     deploy:
       mode: replicated
       replicas: ${REPLICAS}
@@ -171,6 +172,7 @@ fn reads_every_supported_field() {
     assert_eq!(spec.user, "1000:1000");
     assert_eq!(spec.workdir, "/srv");
     assert_eq!(spec.stop_grace_period_ms, Some(90_000));
+    assert_eq!(spec.stop_signal, "SIGQUIT");
     assert_eq!(spec.container_labels["team"], "shop");
     assert_eq!(spec.labels["tier"], "front");
     let mode = spec.mode.as_ref().unwrap();

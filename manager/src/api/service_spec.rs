@@ -80,8 +80,29 @@ pub fn spec_from_proto(spec: &pb::ServiceSpec) -> Result<ValidSpec, Status> {
             update_config: update_config("update_config", spec.update_config.as_ref())?,
             rollback_config: update_config("rollback_config", spec.rollback_config.as_ref())?,
             force_update: spec.force_update,
+            stop_signal: stop_signal(&spec.stop_signal)?,
         },
     })
+}
+
+/// The signals a container can be stopped with, without their `SIG` prefix.
+const SIGNALS: [&str; 31] = [
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
+    "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
+    "WINCH", "IO", "PWR", "SYS",
+];
+
+/// A stop signal as Docker takes it: a name with or without `SIG`, or a number from 1 to 64.
+fn stop_signal(signal: &str) -> Result<String, Status> {
+    let signal = signal.trim();
+    let upper = signal.to_ascii_uppercase();
+    let known = signal.is_empty()
+        || signal.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
+        || SIGNALS.contains(&upper.strip_prefix("SIG").unwrap_or(&upper));
+    if !known {
+        return Err(invalid("spec.stop_signal", format!("{signal:?} is not a signal (e.g. SIGTERM, TERM or 15)")));
+    }
+    Ok(signal.to_string())
 }
 
 /// An update or rollback config with Swarm's defaults filled in. A rollback cannot fail over
@@ -477,6 +498,7 @@ pub fn spec_to_proto(name: &str, labels: &BTreeMap<String, String>, spec: &Servi
         update_config: Some(update_config_to_proto(&spec.update_config)),
         rollback_config: Some(update_config_to_proto(&spec.rollback_config)),
         force_update: spec.force_update,
+        stop_signal: spec.stop_signal.clone(),
     }
 }
 

@@ -72,6 +72,7 @@ fn a_full_spec_survives_the_round_trip() {
             order: "stop-first".into(),
         }),
         force_update: 3,
+        stop_signal: "SIGQUIT".into(),
         ..Default::default()
     };
     let valid = spec_from_proto(&spec).unwrap();
@@ -93,6 +94,18 @@ fn update_configs_are_checked_field_by_field() {
     assert!(refused(rollback_of_rollback).contains("spec.rollback_config.failure_action"));
     let defaults = spec_from_proto(&with(pb::UpdateConfig::default())).unwrap().spec.update_config;
     assert_eq!(defaults, UpdateConfig::default());
+}
+
+#[test]
+fn stop_signals_are_names_or_numbers() {
+    for signal in ["SIGTERM", "term", "QUIT", "15", ""] {
+        let spec = pb::ServiceSpec { stop_signal: signal.into(), ..base() };
+        assert_eq!(spec_from_proto(&spec).unwrap().spec.stop_signal, signal);
+    }
+    for signal in ["SIGNOPE", "0", "99", "TERM 2"] {
+        let message = refused(pb::ServiceSpec { stop_signal: signal.into(), ..base() });
+        assert!(message.contains("spec.stop_signal"), "{message}");
+    }
 }
 
 #[test]

@@ -172,6 +172,8 @@ pub struct ServiceSpec {
     pub rollback_config: UpdateConfig,
     /// Bumped by a forced update, so that every task differs from the spec.
     pub force_update: u64,
+    /// The signal that stops the containers (`SIGTERM`, `TERM` or `15`); empty: the image's.
+    pub stop_signal: String,
 }
 
 /// A secret or config given to a service's tasks. `id` is resolved from the name or id prefix
@@ -242,6 +244,7 @@ impl Default for ServiceSpec {
             update_config: UpdateConfig::default(),
             rollback_config: UpdateConfig::default(),
             force_update: 0,
+            stop_signal: String::new(),
         }
     }
 }
@@ -285,6 +288,7 @@ impl ServiceSpec {
             mode: _,
             endpoint: _,
             stop_grace_period_ms,
+            stop_signal,
             task_history_limit: _,
             networks,
             healthcheck,
@@ -307,6 +311,7 @@ impl ServiceSpec {
             && *restart == other.restart
             && *placement == other.placement
             && *stop_grace_period_ms == other.stop_grace_period_ms
+            && *stop_signal == other.stop_signal
             && *networks == other.networks
             && *healthcheck == other.healthcheck
             && *secrets == other.secrets
