@@ -13,7 +13,7 @@
 //! rollback config). The next slot is taken `delay` after the last replacement ran. What the
 //! updater keeps between rounds lives in [`UpdateStatus`], so a new leader carries on.
 
-use super::common::{IdSource, Unit, new_task, set_desired};
+use super::common::{IdSource, Unit, new_task, set_desired, slot_key};
 use crate::store::{
     Change, FailureAction, Object, Service, ServiceSpec, Task, TaskState, UpdateConfig, UpdateOrder, UpdateState,
     UpdateStatus,
@@ -178,9 +178,8 @@ impl<'a> Slots<'a> {
     fn of(spec: &ServiceSpec, tasks: &[&'a Task]) -> Self {
         let mut slots: BTreeMap<(u64, &str), Slot> = BTreeMap::new();
         for task in tasks.iter().copied().filter(|t| t.is_live()) {
-            // Global tasks (slot 0) are told apart by their node.
-            let node = if task.slot == 0 { task.node_id.as_deref().unwrap_or_default() } else { "" };
-            let slot = slots.entry((task.slot, node)).or_default();
+            let (_, slot, node) = slot_key(task);
+            let slot = slots.entry((slot, node)).or_default();
             if task.spec.same_task_as(spec) { slot.current.push(task) } else { slot.outdated.push(task) }
         }
         Slots { slots }
