@@ -64,20 +64,7 @@ impl Check<'_> {
             let p = path.key(&key);
             match key.as_str() {
                 "file" => file = self.string(v, &p).map(|f| (f, p)),
-                "external" => match v {
-                    // The old form `external: {name: N}`.
-                    Value::Mapping(_) => {
-                        def.external = true;
-                        for (k, item) in self.mapping(v, &p) {
-                            if k == "name" {
-                                def.name = self.string(item, &p.key(&k));
-                            } else {
-                                self.unknown(&p.key(&k), &["name"]);
-                            }
-                        }
-                    }
-                    other => def.external = self.bool(other, &p).unwrap_or(false),
-                },
+                "external" => def.external = self.external(v, &p, &mut def.name),
                 "name" => def.name = self.string(v, &p),
                 "labels" => {
                     def.labels = self

@@ -73,6 +73,20 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Check<'_> {
+    /// An `external` value: `true`/`false`, or the old form `external: {name: N}`, which sets
+    /// `name`.
+    pub(super) fn external(&mut self, value: &Value, path: &Path, name: &mut Option<String>) -> bool {
+        let Value::Mapping(_) = value else { return self.bool(value, path).unwrap_or(false) };
+        for (k, item) in self.mapping(value, path) {
+            if k == "name" {
+                *name = self.string(item, &path.key(&k));
+            } else {
+                self.unknown(&path.key(&k), &["name"]);
+            }
+        }
+        true
+    }
+
     /// Reads the merged document.
     pub fn stack(&mut self, doc: &Value) -> StackDef {
         let root = Path::default();
@@ -204,20 +218,7 @@ impl Check<'_> {
                         .collect()
                 }
                 "ipam" => def.spec.subnet = self.ipam(v, &p),
-                "external" => match v {
-                    // The old form `external: {name: N}`.
-                    Value::Mapping(_) => {
-                        def.external = true;
-                        for (k, item) in self.mapping(v, &p) {
-                            if k == "name" {
-                                def.name = self.string(item, &p.key(&k));
-                            } else {
-                                self.unknown(&p.key(&k), &["name"]);
-                            }
-                        }
-                    }
-                    other => def.external = self.bool(other, &p).unwrap_or(false),
-                },
+                "external" => def.external = self.external(v, &p, &mut def.name),
                 "name" => def.name = self.string(v, &p),
                 "internal" | "driver_opts" | "enable_ipv6" => {
                     self.warn(&p, "not applied yet: ignored")

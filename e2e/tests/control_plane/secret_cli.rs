@@ -7,7 +7,6 @@ use anyhow::{Context, Result, anyhow};
 use e2e::bins::{CLI_BIN, binary_in};
 use e2e::{Lab, Tuning};
 use std::io::Write;
-use std::path::Path;
 use std::process::Stdio;
 
 fn first_object(stdout: &str) -> Result<serde_json::Value> {
@@ -37,28 +36,6 @@ fn cli_with_stdin(lab: &Lab, args: &[&str], input: &[u8]) -> Result<std::process
         .ok_or_else(|| anyhow!("no stdin"))?
         .write_all(input)?;
     Ok(child.wait_with_output()?)
-}
-
-/// The files under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -257,13 +234,13 @@ async fn secret_cli_creates_hides_refuses_and_never_writes_plaintext() -> Result
         from_stdin.as_slice(),
         joined.as_slice(),
     ] {
-        let found = files_containing(lab.root(), secret);
+        let found = e2e::netlab::disk::files_containing(lab.root(), secret);
         assert!(found.is_empty(), "plaintext of a secret found in {found:?}");
     }
     // The config is stored as given (a check that the scan sees the stores).
     std::fs::remove_file(&config)?;
     assert!(
-        !files_containing(lab.root(), b"listen 8080").is_empty(),
+        !e2e::netlab::disk::files_containing(lab.root(), b"listen 8080").is_empty(),
         "the scan found no config data: it does not read the stores"
     );
     let mut lab = lab;
