@@ -17,7 +17,7 @@ use crate::consensus::{Consensus, now_ms};
 use crate::ids::new_id;
 use crate::orchestrator::next_restart_due;
 use crate::raft::{Metrics, Watched};
-use crate::store::{Op, Response};
+use crate::store::{Change, Op, Response};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -26,6 +26,9 @@ use tokio::time::Instant;
 
 /// The pause before a round is tried again after Raft failed (no quorum, leader changing).
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The most changes one write of a round carries (see [`write_round`]).
+pub const MAX_CHANGES_PER_WRITE: usize = 250;
 
 /// Why leading stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -115,12 +118,12 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
         let mut retry_at = None;
         if !changes.is_empty() {
             let count = changes.len();
-            match while_leading(metrics, node_id, consensus.write_as_leader(Op::Batch(changes))).await {
+            match while_leading(metrics, node_id, write_round(consensus, changes)).await {
                 Err(flow) => return flow,
-                Ok(Ok(Response::Rejected(error))) => {
-                    tracing::debug!(%error, changes = count, "control loops: batch refused, recomputed on the next change");
+                Ok(Ok(0)) => tracing::debug!(changes = count, "control loops: batch committed"),
+                Ok(Ok(refused)) => {
+                    tracing::debug!(changes = count, refused, "control loops: part of the batch refused, recomputed on the next change");
                 }
-                Ok(Ok(_)) => tracing::debug!(changes = count, "control loops: batch committed"),
                 Ok(Err(status)) => {
                     tracing::warn!(error = %status.message(), "control loops: cannot propose; retrying");
                     retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -144,6 +147,32 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
             () = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {}
         }
     }
+}
+
+/// Writes a round's changes as entries of at most [`MAX_CHANGES_PER_WRITE`] changes, proposed
+/// together (the batcher pipelines them). Returns how many of those writes the store refused
+/// (each is all or nothing; the round is recomputed on the next change anyway).
+///
+/// The round's changes are independent of one another (no object is changed twice), so
+/// splitting them loses nothing the next round would not repair; it keeps every Raft entry
+/// small enough to replicate within a heartbeat (one round can create 100,000 tasks).
+async fn write_round(consensus: &Consensus, mut changes: Vec<Change>) -> Result<usize, tonic::Status> {
+    let mut writes = Vec::with_capacity(changes.len().div_ceil(MAX_CHANGES_PER_WRITE));
+    while !changes.is_empty() {
+        let rest = changes.split_off(changes.len().min(MAX_CHANGES_PER_WRITE));
+        writes.push(consensus.write_as_leader(Op::Batch(std::mem::replace(&mut changes, rest))));
+    }
+    let mut refused = 0;
+    for outcome in futures::future::join_all(writes).await {
+        match outcome? {
+            Response::Rejected(error) => {
+                tracing::debug!(%error, "control loops: a write of the round was refused");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(refused)
 }
 
 /// Takes every queued event (one round covers them all); true if the channel closed.
