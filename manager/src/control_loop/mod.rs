@@ -27,6 +27,14 @@ use tokio::time::Instant;
 /// The pause before a round is tried again after Raft failed (no quorum, leader changing).
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
 
+/// The longest rest between rounds. A round reads the whole store under its read lock: at
+/// 100,000 tasks it takes tens of milliseconds, and under a stream of changes (agents reporting
+/// their tasks running) rounds would follow one another back to back, holding the lock and a
+/// worker thread nearly all the time. After a round the loop waits as long as the round took to
+/// compute (measured from its end, so a slow write counts), so rounds use at most about half
+/// of a thread; on a small store a round takes microseconds and nothing waits.
+pub const MAX_REST: Duration = Duration::from_millis(200);
+
 /// The most changes one write of a round carries (see [`write_round`]).
 pub const MAX_CHANGES_PER_WRITE: usize = 250;
 
@@ -105,6 +113,7 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
         }
     }
     loop {
+        let round_started = Instant::now();
         let (changes, restart_at) = {
             let store = consensus.state.read();
             let now = now_ms();
@@ -115,6 +124,8 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
                 .map(|due| Instant::now() + Duration::from_millis(u64::try_from(due - now).unwrap_or(0)));
             (changes, restart_at)
         };
+        let computed_at = Instant::now();
+        let computed = computed_at - round_started;
         let mut retry_at = None;
         if !changes.is_empty() {
             let count = changes.len();
@@ -138,6 +149,9 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
             flow = lost(metrics, node_id) => return flow,
             received = events.recv() => match received {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // Rest as long as the round took to compute (see `MAX_REST`), taking the
+                    // changes of the pause into the next round.
+                    tokio::time::sleep_until(computed_at + computed.min(MAX_REST)).await;
                     if drain(&mut events) {
                         return Flow::Shutdown;
                     }
