@@ -288,7 +288,7 @@ async fn route_events(state: StateHandle, mut events: tokio::sync::broadcast::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Meta, Node, RestartInfo, ServiceSpec, SubnetLease, Task, TaskStatus};
+    use crate::store::{Availability, Meta, Node, NodeRole, NodeState, RestartInfo, ServiceSpec, SubnetLease, Task, TaskStatus};
 
     fn task(id: &str, node: Option<&str>) -> Arc<Event> {
         Arc::new(Event::Created(Object::Task(Task {
@@ -348,7 +348,17 @@ mod tests {
     fn other_events_reach_every_session() {
         let fanout = fanout();
         let (a, b) = (fanout.subscribe("a"), fanout.subscribe("b"));
-        route(&fanout, Arc::new(Event::Updated(Object::Node(Node::default()))));
+        let node = Node {
+            meta: Meta { id: "a".into(), ..Meta::default() },
+            hostname: "a".into(),
+            role: NodeRole::Worker,
+            availability: Availability::Active,
+            labels: Default::default(),
+            addr: "10.0.0.1".into(),
+            state: NodeState::Ready,
+            resources: Default::default(),
+        };
+        route(&fanout, Arc::new(Event::Updated(Object::Node(node))));
         assert_eq!((taken(&a).len(), taken(&b).len()), (1, 1));
     }
 
