@@ -13,6 +13,7 @@ mod round;
 
 pub use round::plan_round;
 
+use crate::batcher::split_write;
 use crate::consensus::{Consensus, now_ms};
 use crate::ids::new_id;
 use crate::orchestrator::next_restart_due;
@@ -170,12 +171,10 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
 /// The round's changes are independent of one another (no object is changed twice), so
 /// splitting them loses nothing the next round would not repair; it keeps every Raft entry
 /// small enough to replicate within a heartbeat (one round can create 100,000 tasks).
-async fn write_round(consensus: &Consensus, mut changes: Vec<Change>) -> Result<usize, tonic::Status> {
-    let mut writes = Vec::with_capacity(changes.len().div_ceil(MAX_CHANGES_PER_WRITE));
-    while !changes.is_empty() {
-        let rest = changes.split_off(changes.len().min(MAX_CHANGES_PER_WRITE));
-        writes.push(consensus.write_as_leader(Op::Batch(std::mem::replace(&mut changes, rest))));
-    }
+async fn write_round(consensus: &Consensus, changes: Vec<Change>) -> Result<usize, tonic::Status> {
+    let writes = split_write(changes, MAX_CHANGES_PER_WRITE)
+        .into_iter()
+        .map(|piece| consensus.write_as_leader(Op::Batch(piece)));
     let mut refused = 0;
     for outcome in futures::future::join_all(writes).await {
         match outcome? {

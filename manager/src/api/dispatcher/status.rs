@@ -3,6 +3,7 @@
 //! the observed state are kept.
 
 use crate::api::convert::addresses_from_proto;
+use crate::batcher::split_write;
 use crate::consensus::{Consensus, now_ms};
 use crate::store::{Change, Command, Object, Op, Response, Store, StoreError, TaskState, TaskStatusUpdate};
 use proto::v1 as pb;
@@ -184,17 +185,14 @@ async fn write_bursts(consensus: Consensus, mut receiver: mpsc::Receiver<Pending
 async fn write_reports(consensus: &Consensus, reports: &[Report]) -> Result<(), Status> {
     for _ in 0..MAX_ATTEMPTS {
         let now = now_ms();
-        let mut changes = status_changes(&consensus.state.read(), reports, now);
+        let changes = status_changes(&consensus.state.read(), reports, now);
         if changes.is_empty() {
             return Ok(());
         }
-        let mut updates: Vec<TaskStatusUpdate> = changes.drain(..).filter_map(status_update).collect();
-        let mut writes = Vec::with_capacity(updates.len().div_ceil(MAX_CHANGES_PER_WRITE));
-        while !updates.is_empty() {
-            let rest = updates.split_off(updates.len().min(MAX_CHANGES_PER_WRITE));
-            let op = Op::SetTaskStatuses(std::mem::replace(&mut updates, rest));
-            writes.push(consensus.write_command(Command { now_ms: now, op }));
-        }
+        let updates: Vec<TaskStatusUpdate> = changes.into_iter().filter_map(status_update).collect();
+        let writes = split_write(updates, MAX_CHANGES_PER_WRITE)
+            .into_iter()
+            .map(|piece| consensus.write_command(Command { now_ms: now, op: Op::SetTaskStatuses(piece) }));
         let mut conflict = false;
         for outcome in futures::future::join_all(writes).await {
             match outcome? {
