@@ -177,12 +177,9 @@ async fn write_round(consensus: &Consensus, changes: Vec<Change>) -> Result<usiz
         .map(|piece| consensus.write_as_leader(Op::Batch(piece)));
     let mut refused = 0;
     for outcome in futures::future::join_all(writes).await {
-        match outcome? {
-            Response::Rejected(error) => {
-                tracing::debug!(%error, "control loops: a write of the round was refused");
-                refused += 1;
-            }
-            _ => {}
+        if let Response::Rejected(error) = outcome? {
+            tracing::debug!(%error, "control loops: a write of the round was refused");
+            refused += 1;
         }
     }
     Ok(refused)

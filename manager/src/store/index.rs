@@ -122,7 +122,7 @@ mod tests {
                 4 => None,
                 n => Some(format!("n{n}")),
             };
-            let event = if (seed >> 50) % 4 == 0 {
+            let event = if (seed >> 50).is_multiple_of(4) {
                 match store.tasks.remove(&id) {
                     Some(old) => Event::Deleted(Object::Task(old)),
                     None => continue,
