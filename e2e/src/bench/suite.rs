@@ -52,7 +52,7 @@ const fn secs(s: u64) -> Duration {
 }
 
 /// The design's anchors (best known figures elsewhere), by words of what a figure measures.
-const ANCHORS: [(&[&str], &str); 8] = [
+const ANCHORS: [(&[&str], &str); 9] = [
     (&["placements/s"], "Nomad C1M about 3,750/s; kube-scheduler 700-1,100 pods/s"),
     (&["writes/s, 64"], "etcd 44-50k/s on 3 x 8 vCPU"),
     (&["failover"], "etcd about 1 s; Swarm about 10 s"),
@@ -60,7 +60,8 @@ const ANCHORS: [(&[&str], &str); 8] = [
     (&["replicas"], "Docker Swarm on the same machine"),
     (&["one-task", "one task"], "docker run about 570 ms on 2 vCPU; k8s SLO p99 5 s"),
     (&["throughput", "overlay / underlay"], "Cilium VxLAN 91 %; Docker overlay far lower"),
-    (&["dns"], "CoreDNS about 17k qps per core (queries); Swarm: stale records are a known bug (records)"),
+    (&["dns queries"], "CoreDNS about 17k qps per core"),
+    (&["dns record"], "Swarm: stale records are a known bug"),
 ];
 
 /// The anchor of a figure, or "-".
