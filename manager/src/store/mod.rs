@@ -3,9 +3,11 @@
 //! that applies the same log ends in the same state.
 
 mod index;
+mod task_status;
 mod types;
 
 pub use index::TasksByNode;
+pub use task_status::TaskStatusUpdate;
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
@@ -55,13 +57,6 @@ pub enum Op {
     SetTaskStatuses(Vec<TaskStatusUpdate>),
 }
 
-/// The new observed status of one task, computed on `expected_version` of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskStatusUpdate {
-    pub task_id: String,
-    pub expected_version: u64,
-    pub status: TaskStatus,
-}
 
 impl Op {
     /// How many object changes the operation makes at most (a `Batch` its changes, a `Multi`
@@ -388,28 +383,6 @@ impl Store {
             if users.len() == 1 { "it" } else { "them" },
             if users.len() == 1 { "it" } else { "them" },
         )))
-    }
-
-    /// Checks every update first (task present, version as expected), then applies them all.
-    fn set_task_statuses(
-        &mut self,
-        index: u64,
-        now: i64,
-        updates: &[TaskStatusUpdate],
-        events: &mut Vec<Event>,
-    ) -> Result<Response, StoreError> {
-        for update in updates {
-            let task = self.tasks.get(&update.task_id).ok_or_else(|| not_found(Kind::Task, &update.task_id))?;
-            check_version(Kind::Task, &update.task_id, Some(update.expected_version), task.meta.version)?;
-        }
-        for update in updates {
-            let Some(task) = self.tasks.get_mut(&update.task_id) else { continue };
-            task.status = update.status.clone();
-            task.meta.version = index;
-            task.meta.updated_at_ms = now;
-            events.push(Event::Updated(Object::Task(task.clone())));
-        }
-        Ok(Response::Ok)
     }
 
     fn modify_node(
