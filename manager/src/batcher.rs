@@ -16,6 +16,26 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 const MAX_IN_FLIGHT: usize = 4;
 /// The most client operations in one entry.
 const MAX_OPS_PER_ENTRY: usize = 1024;
+/// The most store changes one entry carries when it merges several writes (a single write is
+/// never split): large entries replicate slowly, and a follower that receives nothing for an
+/// election timeout campaigns.
+const MAX_CHANGES_PER_ENTRY: usize = 500;
+
+/// Splits the items of a large write into writes of at most `size` items (at least one), each
+/// with its own allocation of its own size (`Vec::split_off` would leave every piece holding
+/// the capacity of all the items after it: quadratic memory for 100,000 changes).
+pub fn split_write<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let size = size.max(1);
+    let mut pieces = Vec::with_capacity(items.len().div_ceil(size));
+    let mut items = items.into_iter();
+    loop {
+        let piece: Vec<T> = items.by_ref().take(size).collect();
+        if piece.is_empty() {
+            return pieces;
+        }
+        pieces.push(piece);
+    }
+}
 
 /// Why a write did not get a response from the state machine.
 #[derive(Debug)]
@@ -59,10 +79,14 @@ async fn run(raft: Raft, mut pending: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = pending.recv().await {
         // Waiting for a slot first lets the queue fill while the pipeline is busy.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut weight = first.op.weight();
         let mut batch = vec![first];
-        while batch.len() < MAX_OPS_PER_ENTRY {
+        while batch.len() < MAX_OPS_PER_ENTRY && weight < MAX_CHANGES_PER_ENTRY {
             match pending.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => {
+                    weight += next.op.weight();
+                    batch.push(next);
+                }
                 Err(_) => break,
             }
         }
@@ -79,7 +103,7 @@ async fn propose_entry(raft: &Raft, batch: Vec<Pending>) {
     let (mut ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
     let op = if ops.len() == 1 { ops.remove(0) } else { Op::Multi(ops) };
     let single = replies.len() == 1;
-    let outcome = raft.client_write(Command { now_ms: now_ms(), op }).await;
+    let outcome = raft.client_write(Command { now_ms: now_ms(), op }.into()).await;
     let responses: Result<Vec<Response>, ProposeError> = match outcome {
         Ok(written) => match written.data {
             Response::Multi(responses) if !single && responses.len() == replies.len() => Ok(responses),
@@ -103,5 +127,19 @@ async fn propose_entry(raft: &Raft, batch: Vec<Pending>) {
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_write;
+
+    #[test]
+    fn pieces_are_bounded_and_hold_only_their_own_items() {
+        let pieces = split_write((0..1001).collect::<Vec<u32>>(), 250);
+        assert_eq!(pieces.iter().map(Vec::len).collect::<Vec<_>>(), [250, 250, 250, 250, 1]);
+        assert!(pieces.iter().all(|p| p.capacity() <= 250), "no piece keeps the capacity of the rest");
+        assert_eq!(pieces.concat(), (0..1001).collect::<Vec<u32>>());
+        assert!(split_write(Vec::<u32>::new(), 10).is_empty());
     }
 }

@@ -10,7 +10,7 @@ use crate::api::image_pin::{ImageResolver, RESOLVE_TIMEOUT};
 use crate::api::{ca_service::CaService, control_service::ControlService, raft_service::RaftService};
 use crate::consensus::{Consensus, MAX_MESSAGE};
 use crate::failover::{self, FailoverTiming};
-use crate::raft::{self, Raft, RaftTuning};
+use crate::raft::{self, RaftTuning};
 use crate::store::{AddressPool, Availability, ClusterSettings, Meta, Node, NodeRole, NodeState, Op, node_id_string};
 use anyhow::{Context, Result, anyhow, bail};
 use identity::{AdminConfig, Credentials, JoinToken, RootCa, Role, Subject, Validity};
@@ -114,12 +114,14 @@ pub struct RunningManager {
     /// The control loops, node liveness and status writer: aborted at shutdown.
     background: Vec<JoinHandle<()>>,
     stop: oneshot::Sender<()>,
+    /// Where Raft's own tasks run (see [`raft::start`]); dropped after Raft has shut down.
+    raft_runtime: raft::RaftRuntime,
 }
 
 impl RunningManager {
     /// Serves until the server fails or `shutdown_signal` resolves.
     pub async fn serve_until(self, shutdown_signal: impl std::future::Future<Output = ()>) -> Result<()> {
-        let RunningManager { consensus, server, failover, background, stop, .. } = self;
+        let RunningManager { consensus, server, failover, background, stop, raft_runtime, .. } = self;
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => {
@@ -135,6 +137,7 @@ impl RunningManager {
             task.abort();
         }
         consensus.raft.shutdown().await.map_err(|e| anyhow!("raft shutdown: {e}"))?;
+        drop(raft_runtime);
         Ok(())
     }
 }
@@ -359,7 +362,7 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
         .with_context(|| format!("cannot open the Raft storage in {}", options.data_dir.display()))?;
     let raft_config = options.tuning.config().map_err(|e| anyhow!("invalid Raft settings: {e}"))?;
     let network = raft::Network::new(creds.clone());
-    let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
+    let (raft, raft_runtime) = raft::start(config.node_id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
     let mut data_key = crate::secrets::DataKey::load(&options.data_dir)?;
@@ -414,7 +417,7 @@ async fn start(options: &StartOptions, config: ManagerConfig, creds: Credentials
     let control = tokio::spawn(crate::control_loop::run(consensus.clone()));
     background.push(control);
     tracing::info!(node = %node_id_string(config.node_id), listen = %config.listen_addr, "manager serving");
-    Ok(RunningManager { consensus, config, server, failover, background, stop })
+    Ok(RunningManager { consensus, config, server, failover, background, stop, raft_runtime })
 }
 
 fn refuse_existing(data_dir: &Path) -> Result<()> {

@@ -1,8 +1,10 @@
 //! Benchmark scenarios shared by the bench binaries.
 
+pub mod chart;
 pub mod containers;
 pub mod network;
 pub mod scale;
+pub mod suite;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -44,31 +46,31 @@ pub struct Figure {
 
 /// Prints `figures` as an aligned table (figure, value, target, met, runs).
 pub fn print_figures(figures: &[Figure]) {
-    let headers = ["figure", "value", "target", "met", "runs"];
     let rows: Vec<[String; 5]> = figures
         .iter()
-        .map(|f| {
-            let met = match f.met {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "",
-            };
-            [
-                f.what.clone(),
-                f.value.clone(),
-                f.target.clone(),
-                met.to_string(),
-                f.runs.clone(),
-            ]
-        })
+        .map(|f| [f.what.clone(), f.value.clone(), f.target.clone(), met_cell(f.met).to_string(), f.runs.clone()])
         .collect();
+    print_table(["figure", "value", "target", "met", "runs"], &rows);
+}
+
+/// The "met" cell of a figure: "yes", "NO" or empty (no target).
+pub fn met_cell(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "",
+    }
+}
+
+/// Prints `rows` under `headers` as an aligned table.
+pub fn print_table<const N: usize>(headers: [&str; N], rows: &[[String; N]]) {
     let mut widths = headers.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; N]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
             out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
@@ -77,7 +79,7 @@ pub fn print_figures(figures: &[Figure]) {
     };
     line(headers);
     line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
-    for row in &rows {
+    for row in rows {
         line(row.each_ref().map(String::as_str));
     }
 }

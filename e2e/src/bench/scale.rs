@@ -597,8 +597,30 @@ pub struct RunResult {
 }
 
 const SERVICE_PREFIX: &str = "scale-";
-const POLL_EVERY: Duration = Duration::from_millis(250);
+/// `ListServices` polls while the agents still wait for some of their reports to be accepted
+/// (progress only: a poll counts every task of every service on the leader).
+const POLL_EVERY: Duration = Duration::from_secs(2);
+/// `ListServices` polls once every task has had a report accepted (convergence is near).
+const POLL_EVERY_NEAR: Duration = Duration::from_millis(50);
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// `ListNodes` polls while the nodes join.
+const READY_POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// Waits before the next `ListServices` poll: [`POLL_EVERY_NEAR`] once the simulated agents have
+/// had at least `tasks` status reports accepted (a report is accepted once committed, so the
+/// tasks should all be running), else until that happens or [`POLL_EVERY`] has passed. The
+/// figure still comes from the manager's answer; the agents' counter only says when to ask.
+async fn pause_before_poll(counters: &AgentCounters, tasks: usize) {
+    let near = || counters.reports.load(Ordering::Relaxed) >= tasks as u64;
+    if near() {
+        tokio::time::sleep(POLL_EVERY_NEAR).await;
+        return;
+    }
+    let until = Instant::now() + POLL_EVERY;
+    while Instant::now() < until && !near() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 /// One run on a fresh 3-manager cluster: join the simulated nodes, open their sessions, then
 /// create the services and time them to all running. The cluster is gone when this returns.
@@ -745,7 +767,7 @@ pub async fn run_once(plan: &Plan, run: usize) -> Result<RunResult> {
                 agents.counters.snapshot()
             );
         }
-        tokio::time::sleep(POLL_EVERY).await;
+        pause_before_poll(&agents.counters, plan.tasks()).await;
     };
     stop.store(true, Ordering::Relaxed);
     let (latencies, api_errors, api_first_error) = sampler.await.context("the sampler task")?;
@@ -827,7 +849,7 @@ async fn wait_ready(
             }
             Err(status) => last = describe(&status),
         }
-        tokio::time::sleep(POLL_EVERY).await;
+        tokio::time::sleep(READY_POLL_EVERY).await;
     }
     bail!(
         "the simulated nodes were not all READY in time: {last}; agents: {:?}",

@@ -11,8 +11,10 @@
 //!   "shutdown" when its desired state is beyond running), batched per node every 100 ms.
 //! - Work: T tasks (default 100,000) as S services (default 100 x 1,000 replicas), created with
 //!   `CreateService` calls that do not wait for the tasks. Timed from the first create until
-//!   `ListServices` (polled every 250 ms on the leader) reports every service with running ==
-//!   replicas; placements/s = T / that time. Meanwhile `GetService` on one service every 50 ms
+//!   `ListServices` on the leader reports every service with running == replicas; placements/s
+//!   = T / that time. It is polled every 2 s for progress, and every 50 ms once the agents have
+//!   had a status report accepted (committed) for every task, so that the poll (which counts
+//!   every task of every service) neither loads the leader nor rounds the figure up. Meanwhile `GetService` on one service every 50 ms
 //!   gives the API latency during the run. At the end, the leader's VmHWM and VmRSS.
 //!
 //! For real figures use a release build: `cargo build --release -p e2e -p manager --bins &&

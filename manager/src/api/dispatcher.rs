@@ -9,6 +9,7 @@
 //! period before judging it.
 
 mod assignments;
+mod fanout;
 mod files;
 mod liveness;
 pub mod networks;
@@ -23,9 +24,9 @@ use super::services::task_to_proto;
 use crate::consensus::Consensus;
 use crate::control_loop::lost_leadership;
 use crate::membership::{is_leader, not_leader};
-use crate::raft::Watched;
 use crate::store::{Change, Event, Node, NodeResources, NodeState, Object, Op, Store};
 use assignments::{Tracker, Update};
+use fanout::{Fanout, Subscription};
 use files::{FileTracker, FilesUpdate};
 use identity::{Role, require_role};
 use liveness::Sessions;
@@ -34,7 +35,6 @@ use proto::v1 as pb;
 use proto::v1::dispatcher_server::Dispatcher;
 use status::StatusWriter;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,16 +51,19 @@ pub struct DispatcherService {
     statuses: StatusWriter,
     timing: DispatcherTiming,
     logs: Arc<LogBroker>,
+    fanout: Fanout,
 }
 
 impl DispatcherService {
-    /// The service and its background tasks (node liveness, status writer), to abort at shutdown.
+    /// The service and its background tasks (node liveness, status writer, event router), to
+    /// abort at shutdown.
     pub fn start(consensus: Consensus, timing: DispatcherTiming) -> (DispatcherService, Vec<JoinHandle<()>>) {
         let sessions = Arc::new(Sessions::default());
         let monitor = tokio::spawn(liveness::monitor(consensus.clone(), sessions.clone(), timing));
         let (statuses, writer) = StatusWriter::start(consensus.clone());
+        let (fanout, router) = Fanout::start(consensus.state.clone());
         let logs = Arc::new(LogBroker::default());
-        (DispatcherService { consensus, sessions, statuses, timing, logs }, vec![monitor, writer])
+        (DispatcherService { consensus, sessions, statuses, timing, logs, fanout }, vec![monitor, writer, router])
     }
 
     /// The log broker fed by this service's sessions, for the Control service's `ServiceLogs`.
@@ -181,7 +184,7 @@ async fn run_session(
     context: SessionContext,
     replaced: Arc<Notify>,
     logs: SessionLogs,
-    mut events: tokio::sync::broadcast::Receiver<Watched>,
+    events: Subscription,
     outgoing: Outgoing,
 ) {
     let mut tracker = Tracker::new(&context.node_id);
@@ -190,7 +193,7 @@ async fn run_session(
     let first = {
         let store = context.consensus.state.read();
         let networks = views.full(&store);
-        let update = tracker.full(&store);
+        let update = tracker.full(store.tasks_on_node(&context.node_id));
         let needed = files.full(&store, &context.consensus.data_key, tracker.task_ids());
         context.message(&store, update, Some(networks), needed)
     };
@@ -199,9 +202,7 @@ async fn run_session(
     }
     let mut metrics = context.consensus.raft.metrics();
     loop {
-        let mut batch: Vec<Arc<Event>> = Vec::new();
-        let mut reset = false;
-        tokio::select! {
+        let delivery = tokio::select! {
             () = replaced.notified() => {
                 let _ = outgoing.send(Err(Status::aborted("a newer session of this node replaced this one"))).await;
                 return;
@@ -218,26 +219,18 @@ async fn run_session(
                 }
                 continue;
             }
-            received = events.recv() => match received {
-                Ok(Watched::Event { event, .. }) => batch.push(event),
-                Ok(Watched::Reset { .. }) | Err(RecvError::Lagged(_)) => reset = true,
-                Err(RecvError::Closed) => return,
+            delivery = events.next() => match delivery {
+                Some(delivery) => delivery,
+                None => return,
             },
-        }
-        loop {
-            match events.try_recv() {
-                Ok(Watched::Event { event, .. }) => batch.push(event),
-                Ok(Watched::Reset { .. }) | Err(TryRecvError::Lagged(_)) => reset = true,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => return,
-            }
-        }
+        };
+        let (batch, reset): (Vec<Arc<Event>>, bool) = (delivery.events, delivery.reset);
         let message = {
             let store = context.consensus.state.read();
             if !store.nodes.contains_key(&context.node_id) {
                 None
             } else {
-                let update = if reset { tracker.full(&store) } else { tracker.delta(batch.iter().map(|e| &**e)) };
+                let update = if reset { tracker.full(store.tasks_on_node(&context.node_id)) } else { tracker.delta(batch.iter().map(|e| &**e)) };
                 let networks = views.refresh(&store, &batch, reset);
                 let needed = if reset {
                     files.full(&store, &context.consensus.data_key, tracker.task_ids())
@@ -275,7 +268,7 @@ impl Dispatcher for DispatcherService {
         let request = request.into_inner();
         let resources = NodeResources { nano_cpus: request.nano_cpus, memory_bytes: request.memory_bytes };
         // Subscribe before the full set is read, so no change falls in between.
-        let events = self.consensus.state.subscribe();
+        let events = self.fanout.subscribe(&node_id);
         let (session_id, replaced) = self.sessions.open(&node_id);
         mark_ready(&self.consensus, &node_id, resources).await?;
         let logs = self.logs.attach(&node_id);

@@ -13,11 +13,12 @@ mod round;
 
 pub use round::plan_round;
 
+use crate::batcher::split_write;
 use crate::consensus::{Consensus, now_ms};
 use crate::ids::new_id;
 use crate::orchestrator::{next_restart_due, next_update_due};
 use crate::raft::{Metrics, Watched};
-use crate::store::{Op, Response};
+use crate::store::{Change, Op, Response};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -26,6 +27,17 @@ use tokio::time::Instant;
 
 /// The pause before a round is tried again after Raft failed (no quorum, leader changing).
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The longest rest between rounds. A round reads the whole store under its read lock: at
+/// 100,000 tasks it takes tens of milliseconds, and under a stream of changes (agents reporting
+/// their tasks running) rounds would follow one another back to back, holding the lock and a
+/// worker thread nearly all the time. After a round the loop waits as long as the round took to
+/// compute (measured from its end, so a slow write counts), so rounds use at most about half
+/// of a thread; on a small store a round takes microseconds and nothing waits.
+pub const MAX_REST: Duration = Duration::from_millis(200);
+
+/// The most changes one write of a round carries (see [`write_round`]).
+pub const MAX_CHANGES_PER_WRITE: usize = 250;
 
 /// Why leading stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,6 +114,7 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
         }
     }
     loop {
+        let round_started = Instant::now();
         let (changes, restart_at) = {
             let store = consensus.state.read();
             let now = now_ms();
@@ -115,15 +128,17 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
                 .map(|due| Instant::now() + Duration::from_millis(u64::try_from(due - now).unwrap_or(0)));
             (changes, restart_at)
         };
+        let computed_at = Instant::now();
+        let computed = computed_at - round_started;
         let mut retry_at = None;
         if !changes.is_empty() {
             let count = changes.len();
-            match while_leading(metrics, node_id, consensus.write_as_leader(Op::Batch(changes))).await {
+            match while_leading(metrics, node_id, write_round(consensus, changes)).await {
                 Err(flow) => return flow,
-                Ok(Ok(Response::Rejected(error))) => {
-                    tracing::debug!(%error, changes = count, "control loops: batch refused, recomputed on the next change");
+                Ok(Ok(0)) => tracing::debug!(changes = count, "control loops: batch committed"),
+                Ok(Ok(refused)) => {
+                    tracing::debug!(changes = count, refused, "control loops: part of the batch refused, recomputed on the next change");
                 }
-                Ok(Ok(_)) => tracing::debug!(changes = count, "control loops: batch committed"),
                 Ok(Err(status)) => {
                     tracing::warn!(error = %status.message(), "control loops: cannot propose; retrying");
                     retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -138,6 +153,9 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
             flow = lost(metrics, node_id) => return flow,
             received = events.recv() => match received {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // Rest as long as the round took to compute (see `MAX_REST`), taking the
+                    // changes of the pause into the next round.
+                    tokio::time::sleep_until(computed_at + computed.min(MAX_REST)).await;
                     if drain(&mut events) {
                         return Flow::Shutdown;
                     }
@@ -147,6 +165,27 @@ async fn lead(consensus: &Consensus, metrics: &mut watch::Receiver<Metrics>) -> 
             () = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {}
         }
     }
+}
+
+/// Writes a round's changes as entries of at most [`MAX_CHANGES_PER_WRITE`] changes, proposed
+/// together (the batcher pipelines them). Returns how many of those writes the store refused
+/// (each is all or nothing; the round is recomputed on the next change anyway).
+///
+/// The round's changes are independent of one another (no object is changed twice), so
+/// splitting them loses nothing the next round would not repair; it keeps every Raft entry
+/// small enough to replicate within a heartbeat (one round can create 100,000 tasks).
+async fn write_round(consensus: &Consensus, changes: Vec<Change>) -> Result<usize, tonic::Status> {
+    let writes = split_write(changes, MAX_CHANGES_PER_WRITE)
+        .into_iter()
+        .map(|piece| consensus.write_as_leader(Op::Batch(piece)));
+    let mut refused = 0;
+    for outcome in futures::future::join_all(writes).await {
+        if let Response::Rejected(error) = outcome? {
+            tracing::debug!(%error, "control loops: a write of the round was refused");
+            refused += 1;
+        }
+    }
+    Ok(refused)
 }
 
 /// Takes every queued event (one round covers them all); true if the channel closed.

@@ -12,6 +12,7 @@
 
 mod log_store;
 mod network;
+mod payload;
 mod state_machine;
 pub mod transport;
 
@@ -24,15 +25,16 @@ use std::sync::Arc;
 
 pub use log_store::LogStore;
 pub use network::Network;
+pub use payload::Payload;
 pub use state_machine::{StateHandle, StateMachineStore, StoreGuard, Watched};
 
 pub use openraft::{BasicNode, ChangeMembers, ConfigError, ServerState};
 
 openraft::declare_raft_types!(
-    /// openraft's type configuration for the cluster: store commands in, store responses out,
-    /// `u64` node ids, nodes known by their Raft address.
+    /// openraft's type configuration for the cluster: store commands in (shared, see
+    /// [`Payload`]), store responses out, `u64` node ids, nodes known by their Raft address.
     pub TypeConfig:
-        D = crate::store::Command,
+        D = Payload,
         R = crate::store::Response,
         NodeId = u64,
         Node = openraft::BasicNode,
@@ -83,6 +85,9 @@ pub struct RaftTuning {
 /// installing the snapshot (openraft's default, 200 ms, is short for a large store).
 const SNAPSHOT_RPC_TIMEOUT_MS: u64 = 2000;
 
+/// Log entries per AppendEntries RPC (see [`RaftTuning::config`]).
+const MAX_PAYLOAD_ENTRIES: u64 = 4;
+
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
@@ -112,10 +117,72 @@ impl RaftTuning {
             // batch of 1 purges whatever is due at once; for the log store a purge is one range
             // delete.
             purge_batch_size: 1,
+            // openraft bounds an AppendEntries RPC by the heartbeat interval. An entry carries
+            // up to about 500 task changes (the control loop and the status writer
+            // split larger writes), so a payload of 300 of them (the default) cannot make it
+            // in time; a few per RPC can, and the next RPC follows at once.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         };
         Ok(Arc::new(config.validate()?))
     }
+}
+
+/// Worker threads of the Raft runtime (see [`start`]).
+const RAFT_THREADS: usize = 2;
+
+/// The runtime a Raft node's tasks run on (see [`start`]). Dropping it stops them (in the
+/// background, so it may be dropped inside async code).
+pub struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Why a Raft node could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the Raft runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0}")]
+    Raft(#[from] Fatal),
+    #[error("starting Raft was interrupted: {0}")]
+    Join(String),
+}
+
+/// Starts the Raft node on a runtime of its own: [`RAFT_THREADS`] worker threads that run only
+/// openraft's tasks (core, replication streams, state machine worker) and the Raft client
+/// connections they open. On a busy leader the API's tasks (1,000 agent sessions, TLS
+/// handshakes, the control loops) would otherwise delay heartbeats and the handling of
+/// AppendEntries replies past openraft's timeout (the heartbeat interval), and followers would
+/// call elections although the leader is alive. The returned [`Raft`] handle works from any
+/// runtime; keep the [`RaftRuntime`] for as long as the node runs.
+pub async fn start(
+    node_id: NodeId,
+    config: Arc<openraft::Config>,
+    network: Network,
+    log_store: LogStore,
+    state_machine: StateMachineStore,
+) -> Result<(Raft, RaftRuntime), StartError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RAFT_THREADS)
+        .thread_name("raft")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let runtime = RaftRuntime(Some(runtime));
+    let Some(handle) = runtime.0.as_ref().map(|r| r.handle().clone()) else {
+        return Err(StartError::Join("the Raft runtime is gone".into()));
+    };
+    let raft = handle
+        .spawn(Raft::new(node_id, config, network, log_store, state_machine))
+        .await
+        .map_err(|e| StartError::Join(e.to_string()))??;
+    Ok((raft, runtime))
 }
 
 /// Opens (or creates) the Raft storage in `data_dir`: the log store, the state machine (loaded

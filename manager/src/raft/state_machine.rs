@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use super::TypeConfig;
-use crate::store::{Event, Response, Store};
+use crate::store::{Event, Response, Store, Task, TasksByNode};
 
 type NodeId = u64;
 
@@ -53,6 +53,17 @@ struct SmData {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, BasicNode>,
     store: Store,
+    /// Derived from `store` (rebuilt after a snapshot is loaded), kept up to date on apply.
+    #[serde(skip)]
+    tasks_by_node: TasksByNode,
+}
+
+impl SmData {
+    /// `self` with its indexes rebuilt (after deserialising).
+    fn indexed(mut self) -> SmData {
+        self.tasks_by_node = TasksByNode::build(&self.store);
+        self
+    }
 }
 
 /// What watchers of the store receive. Every subscriber receives a clone of each item: the event
@@ -85,6 +96,14 @@ impl Deref for StoreGuard<'_> {
     type Target = Store;
     fn deref(&self) -> &Store {
         &self.0.store
+    }
+}
+
+impl StoreGuard<'_> {
+    /// The tasks placed on `node_id`, in id order, from the tasks-by-node index (no scan of the
+    /// task table).
+    pub fn tasks_on_node<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.0.tasks_by_node.tasks(&self.0.store, node_id)
     }
 }
 
@@ -173,7 +192,7 @@ impl StateMachineStore {
                 if sm.last_applied != meta.last_log_id {
                     return Err(corrupt("data and meta disagree on the last log id".into()));
                 }
-                (sm, Some(StoredSnapshot { meta, data: data.to_vec() }))
+                (sm.indexed(), Some(StoredSnapshot { meta, data: data.to_vec() }))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (SmData::default(), None),
             Err(source) => return Err(StorageOpenError::Io { path, source }),
@@ -220,6 +239,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => Response::Ok,
                     EntryPayload::Normal(command) => {
                         let (response, events) = data.store.apply(index, &command);
+                        for event in &events {
+                            data.tasks_by_node.apply(event);
+                        }
                         watched.extend(events.into_iter().map(|event| Watched::Event { index, event: Arc::new(event) }));
                         response
                     }
@@ -274,6 +296,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let index = data.last_applied.map_or(0, |id| id.index);
         persist(&self.dir, &self.snapshot, StoredSnapshot { meta: meta.clone(), data: bytes }).await?;
+        let data = data.indexed();
         *self.handle.write_data() = data;
         self.handle.publish(vec![Watched::Reset { index }], Some(index));
         Ok(())

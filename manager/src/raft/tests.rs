@@ -77,7 +77,7 @@ fn create_secret(name: &str) -> Command {
 }
 
 fn normal(term: u64, index: u64, command: Command) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(command) }
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(command.into()) }
 }
 
 fn roundtrip<T: Serialize + DeserializeOwned + std::fmt::Debug>(value: &T) -> T {
@@ -197,7 +197,7 @@ async fn log_vote_and_committed_survive_reopen() {
     let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
     assert_eq!(indexes, vec![2, 3, 4, 5]);
     assert!(matches!(&entries[0].payload, EntryPayload::Membership(m) if m == &membership(&[1, 2, 3])));
-    assert!(matches!(&entries[1].payload, EntryPayload::Normal(c) if c == &create_secret("s3")));
+    assert!(matches!(&entries[1].payload, EntryPayload::Normal(c) if **c == create_secret("s3")));
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 4)));
     let state = log.get_log_state().await.unwrap();

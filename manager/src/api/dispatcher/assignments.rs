@@ -1,7 +1,7 @@
 //! Which tasks an agent is told about, and the deltas of its session: pure functions of the
 //! store and its events.
 
-use crate::store::{Event, Object, Store, Task, TaskState};
+use crate::store::{Event, Object, Task, TaskState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Whether the agent of `node_id` must know about `task`: scheduled there, and either meant to
@@ -39,10 +39,11 @@ impl Tracker {
         Tracker { node_id: node_id.to_string(), sent: HashMap::new() }
     }
 
-    /// Everything assigned to the node, replacing what was sent before.
-    pub fn full(&mut self, store: &Store) -> Update {
+    /// Everything assigned to the node among `tasks` (the node's tasks, from the store's
+    /// tasks-by-node index; any superset works), replacing what was sent before.
+    pub fn full<'a>(&mut self, tasks: impl IntoIterator<Item = &'a Task>) -> Update {
         let assignments: Vec<Task> =
-            store.tasks.values().filter(|t| assigned_to(t, &self.node_id)).cloned().collect();
+            tasks.into_iter().filter(|t| assigned_to(t, &self.node_id)).cloned().collect();
         self.sent = assignments.iter().map(|t| (t.meta.id.clone(), t.desired_state)).collect();
         Update { full: true, assignments, removed: Vec::new() }
     }
@@ -86,7 +87,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Meta, RestartInfo, ServiceSpec, TaskStatus};
+    use crate::store::{Meta, RestartInfo, ServiceSpec, Store, TaskStatus};
 
     fn task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
         Task {
@@ -119,7 +120,7 @@ mod tests {
         let mut store = Store::default();
         store.tasks.insert("t1".into(), task("t1", "a", Assigned, Running));
         let mut tracker = Tracker::new("a");
-        assert_eq!(tracker.full(&store).assignments.len(), 1);
+        assert_eq!(tracker.full(store.tasks.values()).assignments.len(), 1);
         let running = Event::Updated(Object::Task(task("t1", "a", Running, Running)));
         assert!(tracker.delta([&running]).is_empty(), "the agent's own report is not echoed");
         let stop = Event::Updated(Object::Task(task("t1", "a", Running, Shutdown)));

@@ -30,11 +30,17 @@ fn referenced<'a>(tasks: impl Iterator<Item = &'a Task>) -> (BTreeSet<String>, B
     (secrets, configs)
 }
 
-/// Whether `events` may change what a node needs.
+/// Whether `events` may change what a node needs: a secret or config changed, or a task of the
+/// node that references any came, changed or went. A task without secrets or configs adds
+/// nothing to what is needed and removes nothing (a task's spec never changes), so its events
+/// are skipped: they are most of a session's events, and each refresh looks up every task of
+/// the node.
 pub fn relevant<'a>(events: impl IntoIterator<Item = &'a Event>, node_id: &str) -> bool {
     events.into_iter().any(|event| match event {
         Event::Created(o) | Event::Updated(o) | Event::Deleted(o) => match o {
-            Object::Task(task) => task.node_id.as_deref() == Some(node_id),
+            Object::Task(task) => {
+                task.node_id.as_deref() == Some(node_id) && !(task.spec.secrets.is_empty() && task.spec.configs.is_empty())
+            }
             Object::Secret(_) | Object::Config(_) => true,
             _ => false,
         },
@@ -168,6 +174,19 @@ mod tests {
         assert_eq!(configs.into_iter().collect::<Vec<_>>(), ["c1"]);
         let (secrets, _) = needed(&store, "n3");
         assert!(secrets.is_empty());
+    }
+
+    #[test]
+    fn only_events_that_can_change_the_files_are_relevant() {
+        let with = Event::Updated(Object::Task(task("t1", "n1", TaskState::Running, &["s1"], &[])));
+        let config = Event::Deleted(Object::Task(task("t2", "n1", TaskState::Running, &[], &["c1"])));
+        let without = Event::Updated(Object::Task(task("t3", "n1", TaskState::Running, &[], &[])));
+        let elsewhere = Event::Created(Object::Task(task("t4", "n2", TaskState::Assigned, &["s1"], &[])));
+        let secret = Event::Updated(Object::Secret(blob("s1", Vec::new())));
+        assert!(relevant([&with], "n1"));
+        assert!(relevant([&config], "n1"));
+        assert!(!relevant([&without, &elsewhere], "n1"), "no files, or another node's task");
+        assert!(relevant([&without, &secret], "n1"));
     }
 
     #[test]

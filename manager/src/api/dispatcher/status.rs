@@ -3,8 +3,9 @@
 //! the observed state are kept.
 
 use crate::api::convert::addresses_from_proto;
+use crate::batcher::split_write;
 use crate::consensus::{Consensus, now_ms};
-use crate::store::{Change, Command, Object, Op, Response, Store, StoreError, TaskState};
+use crate::store::{Change, Command, Object, Op, Response, Store, StoreError, TaskState, TaskStatusUpdate};
 use proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
 use tokio::sync::{mpsc, oneshot};
@@ -12,6 +13,9 @@ use tonic::Status;
 
 /// Reports waiting for the writer; callers wait when it is full.
 const QUEUE: usize = 4096;
+
+/// The most task updates one Raft write of a burst carries.
+const MAX_CHANGES_PER_WRITE: usize = 500;
 
 /// How often a burst is recomputed after version conflicts before its callers are told.
 const MAX_ATTEMPTS: usize = 10;
@@ -174,7 +178,10 @@ async fn write_bursts(consensus: Consensus, mut receiver: mpsc::Receiver<Pending
     }
 }
 
-/// Writes one burst, recomputed on the current store after each version conflict.
+/// Writes one burst, recomputed on the current store after each version conflict. The changes
+/// go out as writes of at most [`MAX_CHANGES_PER_WRITE`] (proposed together), so that a burst
+/// from 1,000 agents never makes one huge Raft entry; a write that was refused is recomputed
+/// with the rest (what was written already drops out: it changes nothing any more).
 async fn write_reports(consensus: &Consensus, reports: &[Report]) -> Result<(), Status> {
     for _ in 0..MAX_ATTEMPTS {
         let now = now_ms();
@@ -182,13 +189,33 @@ async fn write_reports(consensus: &Consensus, reports: &[Report]) -> Result<(), 
         if changes.is_empty() {
             return Ok(());
         }
-        match consensus.write_command(Command { now_ms: now, op: Op::Batch(changes) }).await? {
-            Response::Rejected(StoreError::VersionConflict { .. }) => continue,
-            Response::Rejected(error) => return Err(crate::consensus::store_error_status(&error)),
-            _ => return Ok(()),
+        let updates: Vec<TaskStatusUpdate> = changes.into_iter().filter_map(status_update).collect();
+        let writes = split_write(updates, MAX_CHANGES_PER_WRITE)
+            .into_iter()
+            .map(|piece| consensus.write_command(Command { now_ms: now, op: Op::SetTaskStatuses(piece) }));
+        let mut conflict = false;
+        for outcome in futures::future::join_all(writes).await {
+            match outcome? {
+                Response::Rejected(StoreError::VersionConflict { .. }) => conflict = true,
+                Response::Rejected(error) => return Err(crate::consensus::store_error_status(&error)),
+                _ => {}
+            }
+        }
+        if !conflict {
+            return Ok(());
         }
     }
     Err(Status::aborted("the tasks kept changing while their status was written; report again"))
+}
+
+/// The status part of a task update made by [`status_changes`].
+fn status_update(change: Change) -> Option<TaskStatusUpdate> {
+    match change {
+        Change::Update { object: Object::Task(task), expected_version: Some(expected_version) } => {
+            Some(TaskStatusUpdate { task_id: task.meta.id, expected_version, status: task.status })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ async fn three_nodes_replicate_snapshot_and_catch_up() {
     }
 
     // Writes replicate and apply everywhere.
-    let written = leader.client_write(bootstrap_command("c1")).await.unwrap();
+    let written = leader.client_write(bootstrap_command("c1").into()).await.unwrap();
     assert_eq!(written.data, Response::Ok);
     for (id, handle) in &handles {
         wait_applied(handle, written.log_id.index, &format!("node {id}")).await;
@@ -179,7 +179,7 @@ async fn three_nodes_replicate_snapshot_and_catch_up() {
     let lagging_last = handles[&lagging].applied_index();
     let mut last = 0;
     for i in 0..60 {
-        last = leader.client_write(create_secret(&format!("s{i}"))).await.unwrap().log_id.index;
+        last = leader.client_write(create_secret(&format!("s{i}")).into()).await.unwrap().log_id.index;
     }
     let metrics = leader
         .wait(Some(Duration::from_secs(5)))
@@ -222,7 +222,7 @@ async fn three_nodes_replicate_snapshot_and_catch_up() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let written = loop {
         let leader = rafts[&1].current_leader().await.unwrap_or(1);
-        match rafts[&leader].client_write(create_secret("after-restart")).await {
+        match rafts[&leader].client_write(create_secret("after-restart").into()).await {
             Ok(written) => break written,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!("write after restart: {e}");
