@@ -136,34 +136,8 @@ impl PlaceArgs {
     }
 }
 
-fn main() {
-    tune_allocator();
-    serve();
-}
-
-/// glibc's allocator keeps freed blocks in its heaps and per-thread arenas for reuse. A leader
-/// with 1,000 agent sessions and 100,000 tasks allocates and frees many large buffers (session
-/// messages with their tasks' specs, Raft entries, control-loop batches) on several threads; with
-/// glibc's defaults its resident memory grew to 3-5 GiB in `bench-scale`, mostly freed memory
-/// that was not given back. Blocks of 64 KiB and more are mapped and unmapped on their own, and
-/// at most two arenas per core are used.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = libc::c_int::try_from(2 * cores).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only changes glibc's allocator parameters; it is called before any
-        // other thread exists, and a refused setting (return value 0) leaves the default.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
-}
-
 #[tokio::main]
-async fn serve() {
+async fn main() {
     identity::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
