@@ -103,30 +103,28 @@ pub fn svg(rows: &[Row], title: &str) -> String {
             y + 30.0,
             escape(&shorten(&row.scenario, 64)),
         ));
-        out.push_str(&format!(
-            "<rect x=\"{LABEL_WIDTH}\" y=\"{:.0}\" width=\"{:.1}\" height=\"14\" fill=\"#bbbbbb\"/>\
-             <text x=\"{:.1}\" y=\"{:.0}\">target {}</text>\n",
-            y + 3.0,
-            target * scale,
-            LABEL_WIDTH + target * scale + 6.0,
-            y + 14.0,
-            escape(&shorten(&row.figure.target, 28)),
-        ));
-        out.push_str(&format!(
-            "<rect x=\"{LABEL_WIDTH}\" y=\"{:.0}\" width=\"{:.1}\" height=\"14\" fill=\"{colour}\"/>\
-             <text x=\"{:.1}\" y=\"{:.0}\">ours {}</text>\n",
-            y + 20.0,
-            ours * scale,
-            LABEL_WIDTH + ours * scale + 6.0,
-            y + 31.0,
-            escape(&shorten(&row.figure.value, 28)),
-        ));
+        let target_label = format!("target {}", shorten(&row.figure.target, 28));
+        bar(&mut out, y, target * scale, "#bbbbbb", &target_label);
+        let ours_label = format!("ours {}", shorten(&row.figure.value, 28));
+        bar(&mut out, y + 17.0, ours * scale, colour, &ours_label);
     }
     out.push_str(&format!(
         "<text x=\"10\" y=\"{:.0}\" fill=\"#666\">Each row is scaled to its own larger value. Green: target met; red: not met.</text>\n</svg>\n",
         height - 10.0
     ));
     out
+}
+
+/// One bar of a row, `width` long from the labels' edge, with its label after it.
+fn bar(out: &mut String, y: f64, width: f64, colour: &str, label: &str) {
+    out.push_str(&format!(
+        "<rect x=\"{LABEL_WIDTH}\" y=\"{:.0}\" width=\"{width:.1}\" height=\"14\" fill=\"{colour}\"/>\
+         <text x=\"{:.1}\" y=\"{:.0}\">{}</text>\n",
+        y + 3.0,
+        LABEL_WIDTH + width + 6.0,
+        y + 14.0,
+        escape(label),
+    ));
 }
 
 #[cfg(test)]
@@ -161,3 +159,4 @@ mod tests {
         assert!(chart.contains("#d0453a"), "not met is red");
     }
 }
+
