@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, and brings up a local multi-host cluster: three hosts, each a
 # network namespace with its own address (10.213.K.1-3), a registry preloaded with a busybox
-# image, a manager on host 1 and an agent on every host; then deploys an example service (six
-# busybox httpd replicas on an overlay network, port 8080 published through the routing mesh),
+# image, a manager on host 1 and an agent on every host; then deploys the example stack
+# `examples/stack.yml` as `demo` (six busybox httpd replicas with a health check on an overlay
+# network, port 8080 published through the routing mesh, and a probe that looks them up by name),
 # shows where its tasks run and fetches its page from every host's address.
 # `scripts/quickstart.sh down` removes the lab (processes, containers, mounts, namespaces).
 set -euo pipefail
@@ -26,12 +27,12 @@ cluster() { ip netns exec "cl-$name-h1" "$bin/cluster" --config "$admin" "$@"; }
 echo
 cluster node ls
 echo
-cluster network create front
-cluster service create --name web --replicas 6 --network front \
-  --publish published=8080,target=8080 --timeout 60s "$image" \
-  sh -c 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www'
+# Waits until the stack has converged (-d would return at once).
+IMAGE=$image cluster stack deploy -c examples/stack.yml demo
 echo
-cluster service ps web
+cluster stack services demo
+echo
+cluster stack ps demo
 # The hosts' addresses: "lab NAME is up: 3 hosts, A.B.C.1..3".
 prefix=$(echo "$up" | sed -n 's/^lab .* is up: .* hosts, \([0-9.]*\.\)1\.\.[0-9]*$/\1/p')
 echo
@@ -48,7 +49,9 @@ cat <<TXT
 
 The cluster is up. The CLI reaches the manager from inside the hosts' namespaces:
     ip netns exec cl-$name-h1 $bin/cluster --config $admin service ls
-    ip netns exec cl-$name-h2 $bin/cluster --config $admin service scale web=9
+    ip netns exec cl-$name-h2 $bin/cluster --config $admin service scale demo_web=9
+A rolling update (start-first, two at a time; it rolls back by itself if the new tasks fail):
+    ip netns exec cl-$name-h1 $bin/cluster --config $admin service update --force demo_web
 Lab state: $bin/cluster lab status --name $name
 Remove it: scripts/quickstart.sh down
 TXT
