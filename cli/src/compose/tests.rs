@@ -949,3 +949,14 @@ volumes:
         );
     }
 }
+
+#[test]
+fn the_quick_start_example_is_valid() {
+    let text = include_str!("../../../examples/stack.yml");
+    let vars = Vars { vars: HashMap::from([("IMAGE".to_string(), "registry:5000/busybox:latest".to_string())]) };
+    let loaded = load(&sources(&[("stack.yml", text)]), &vars, FsPath::new("/srv/app")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let web = &loaded.stack.services["web"].spec;
+    assert_eq!(web.image, "registry:5000/busybox:latest");
+    assert_eq!(web.update_config.as_ref().map(|u| u.order.as_str()), Some("start-first"));
+}
