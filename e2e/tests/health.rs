@@ -6,24 +6,13 @@
 //! Needs root, iproute2, runc, nftables, docker-registry and busybox-static (skips without them;
 //! fails under CI=true). Build the binaries first: `cargo build --workspace --bins`.
 
-use e2e::netlab::services::{SLEEPER, is_running};
+use e2e::netlab::services::{SLEEPER, is_running, resolved};
 use e2e::netlab::{self, NetLab};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// The A records busybox nslookup printed for a name (the server's own address left out).
-fn resolved(output: &str) -> BTreeSet<String> {
-    let answers = output.split_once("Name:").map_or("", |(_, rest)| rest);
-    answers
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Address:"))
-        .map(|a| a.trim().trim_start_matches("1: ").to_string())
-        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
-        .collect()
-}
 
 fn first_address(task: &Value) -> Option<String> {
     task["addresses"].as_array()?.first()?["address"]
@@ -36,10 +25,7 @@ fn health(task: &Value) -> &str {
 }
 
 fn service_running(lab: &NetLab, name: &str) -> u64 {
-    let v = lab
-        .cli_json(&["service", "inspect", name])
-        .expect("service inspect");
-    let v = if v.is_array() { v[0].clone() } else { v };
+    let v = lab.inspect_service(name).expect("service inspect");
     v["running"].as_u64().unwrap_or_default()
 }
 

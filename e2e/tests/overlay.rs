@@ -9,7 +9,7 @@
 //! Needs root, iproute2, runc, nftables, iputils ping, docker-registry and busybox-static (skips
 //! without them; fails under CI=true). Build the binaries first: `cargo build --workspace --bins`.
 
-use e2e::netlab::services::{SLEEPER, is_running};
+use e2e::netlab::services::{SLEEPER, is_running, resolved};
 use e2e::netlab::{self, NetLab};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -75,17 +75,6 @@ fn wait_addressed_any(lab: &NetLab, service: &str, n: usize) -> Vec<Value> {
 /// The host number (1-based) of the node a task runs on.
 fn host_of(lab: &NetLab, task: &Value) -> usize {
     lab.host_of(task).expect("a worker host")
-}
-
-/// The A records busybox nslookup printed for a name (the server's own address left out).
-fn resolved(output: &str) -> BTreeSet<String> {
-    let answers = output.split_once("Name:").map_or("", |(_, rest)| rest);
-    answers
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Address:"))
-        .map(|a| a.trim().trim_start_matches("1: ").to_string())
-        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
-        .collect()
 }
 
 fn network_id(lab: &NetLab, name: &str) -> String {
@@ -208,14 +197,7 @@ fn overlay_networks_across_hosts() {
 
     // 2. By name across hosts: vip answers its VIP and balances over both tasks in the kernel;
     //    dnsrr answers the task addresses.
-    let web_service = lab
-        .cli_json(&["service", "inspect", "web"])
-        .expect("inspect web");
-    let web_service = if web_service.is_array() {
-        web_service[0].clone()
-    } else {
-        web_service
-    };
+    let web_service = lab.inspect_service("web").expect("inspect web");
     let vip = web_service["virtual_ips"]
         .as_array()
         .and_then(|v| v.iter().find(|a| a["network_id"] == backend.as_str()))

@@ -165,8 +165,7 @@ fn wait_service(lab: &NetLab, service: &str, what: &str, check: impl Fn(&Value) 
     let started = Instant::now();
     let mut last = Value::Null;
     while started.elapsed() < CONVERGE {
-        if let Ok(v) = lab.cli_json(&["service", "inspect", service]) {
-            let v = if v.is_array() { v[0].clone() } else { v };
+        if let Ok(v) = lab.inspect_service(service) {
             if check(&v) {
                 eprintln!("{what}: {:.1}s", started.elapsed().as_secs_f64());
                 return v;

@@ -186,6 +186,7 @@ async fn session_once(
                 channel.clone(),
                 sid.clone(),
                 period_rx.clone(),
+                log_beat,
             )));
             workers.push(tokio::spawn(report(
                 channel.clone(),
@@ -235,9 +236,33 @@ async fn session_once(
     Outcome::Ended(opened)
 }
 
+/// How one heartbeat went.
+pub enum Beat {
+    Answered,
+    Refused(tonic::Status),
+    /// No answer within the period.
+    Unanswered(Duration),
+}
+
+/// What the agent makes of a heartbeat: a warning when it failed.
+fn log_beat(beat: Beat) {
+    match beat {
+        Beat::Answered => {}
+        Beat::Refused(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+        Beat::Unanswered(timeout) => tracing::warn!(?timeout, "heartbeat unanswered"),
+    }
+}
+
 /// Sends a heartbeat every period, on a fixed schedule (a slow reply does not push the next
-/// one back), each call bounded by one period so a stuck call cannot silence the node.
-async fn heartbeats(channel: Channel, session_id: String, mut period: watch::Receiver<Duration>) {
+/// one back), each call bounded by one period so a stuck call cannot silence the node; tells
+/// `on_beat` how each went. Public for the scale benchmark's simulated agents, which keep the
+/// same schedule.
+pub async fn heartbeats(
+    channel: Channel,
+    session_id: String,
+    mut period: watch::Receiver<Duration>,
+    mut on_beat: impl FnMut(Beat),
+) {
     let mut client = DispatcherClient::new(channel);
     let mut current = *period.borrow_and_update();
     let mut next = tokio::time::Instant::now() + current;
@@ -266,14 +291,15 @@ async fn heartbeats(channel: Channel, session_id: String, mut period: watch::Rec
         let sent = tokio::time::Instant::now();
         match tokio::time::timeout(current, client.heartbeat(req)).await {
             Ok(Ok(r)) => {
+                on_beat(Beat::Answered);
                 let ms = r.into_inner().period_ms;
                 if ms > 0 && Duration::from_millis(u64::from(ms)) != current {
                     current = Duration::from_millis(u64::from(ms));
                     next = tokio::time::Instant::now() + current;
                 }
             }
-            Ok(Err(status)) => tracing::warn!(error = %status.message(), "heartbeat failed"),
-            Err(_) => tracing::warn!(timeout = ?current, "heartbeat unanswered"),
+            Ok(Err(status)) => on_beat(Beat::Refused(status)),
+            Err(_) => on_beat(Beat::Unanswered(current)),
         }
         let took = sent.elapsed();
         if woke_late > current / 2 || took > current / 2 {

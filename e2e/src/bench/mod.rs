@@ -9,6 +9,11 @@ pub mod suite;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
+/// The build profile the benchmark runs in, as its report names it.
+pub fn profile() -> &'static str {
+    if cfg!(debug_assertions) { "debug" } else { "release" }
+}
+
 /// Writes a benchmark's report as JSON to `explicit`, or else to `<target dir>/<name>.json`
 /// (beside the profile dir holding the binaries), creating the directory; prints and returns
 /// the path.

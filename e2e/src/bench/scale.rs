@@ -10,6 +10,7 @@
 //! whose desired state is beyond it. A node's reports are batched and flushed every 100 ms.
 
 use crate::client::{self, CALL_TIMEOUT, Control, describe};
+use agent::daemon::session::Beat;
 use crate::wait::Deadline;
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
@@ -423,60 +424,29 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Heartbeats on a fixed schedule at the session's period, each bounded by one period.
+/// The agent's own heartbeat schedule, counted.
 async fn heartbeats(
     channel: Channel,
     session_id: String,
-    mut period: tokio::sync::watch::Receiver<Duration>,
+    period: tokio::sync::watch::Receiver<Duration>,
     counters: Arc<AgentCounters>,
 ) {
-    let mut client = DispatcherClient::new(channel);
-    let mut current = *period.borrow_and_update();
-    let mut next = tokio::time::Instant::now() + current;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            changed = period.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let new = *period.borrow_and_update();
-                if new != current {
-                    current = new;
-                    next = tokio::time::Instant::now() + current;
-                }
-                continue;
-            }
+    agent::daemon::session::heartbeats(channel, session_id, period, |beat| match beat {
+        Beat::Answered => {
+            counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         }
-        next += current;
-        let request = pb::HeartbeatRequest {
-            session_id: session_id.clone(),
-        };
-        match tokio::time::timeout(current, client.heartbeat(request)).await {
-            Ok(Ok(r)) => {
-                counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-                let ms = r.into_inner().period_ms;
-                if ms > 0 && Duration::from_millis(u64::from(ms)) != current {
-                    current = Duration::from_millis(u64::from(ms));
-                    next = tokio::time::Instant::now() + current;
-                }
-            }
-            Ok(Err(status)) => {
-                counters.failed(&counters.heartbeat_failures, "heartbeat", describe(&status));
-            }
-            Err(_) => {
-                counters.failed(
-                    &counters.heartbeat_failures,
-                    "heartbeat",
-                    format!("no answer within {current:?}"),
-                );
-            }
+        Beat::Refused(status) => {
+            counters.failed(&counters.heartbeat_failures, "heartbeat", describe(&status));
         }
-        let now = tokio::time::Instant::now();
-        if next + current < now {
-            next = now;
+        Beat::Unanswered(timeout) => {
+            counters.failed(
+                &counters.heartbeat_failures,
+                "heartbeat",
+                format!("no answer within {timeout:?}"),
+            );
         }
-    }
+    })
+    .await
 }
 
 /// Flushes the queued reports every [`FLUSH_EVERY`], retrying a failed batch.

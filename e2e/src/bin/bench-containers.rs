@@ -190,11 +190,7 @@ fn run() -> Result<()> {
     ];
     let report = Report {
         benchmark: "bench-containers",
-        profile: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        profile: e2e::bench::profile(),
         replicas: args.replicas,
         overlay_network: args.network,
         bulk_runs,

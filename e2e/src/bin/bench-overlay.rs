@@ -171,11 +171,7 @@ fn run() -> Result<()> {
     ];
     let report = Report {
         benchmark: "bench-overlay",
-        profile: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        profile: e2e::bench::profile(),
         seconds_per_stream: args.seconds,
         underlay_gbit_s: underlay,
         overlay_gbit_s: overlay,

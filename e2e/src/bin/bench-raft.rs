@@ -108,14 +108,6 @@ async fn main() {
     }
 }
 
-fn profile() -> &'static str {
-    if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    }
-}
-
 async fn run(mut args: Args) -> Result<()> {
     if args.quick {
         args.duration = 2.0;
@@ -123,7 +115,7 @@ async fn run(mut args: Args) -> Result<()> {
     }
     let duration = Duration::from_secs_f64(args.duration);
     let bin_dir = e2e::bins::bin_dir()?;
-    if profile() == "debug" {
+    if e2e::bench::profile() == "debug" {
         eprintln!(
             "bench-raft: a debug build measures debug binaries; for real figures run target/release/bench-raft"
         );
@@ -176,7 +168,7 @@ async fn run(mut args: Args) -> Result<()> {
 
     let report = Report {
         benchmark: "bench-raft",
-        profile: profile(),
+        profile: e2e::bench::profile(),
         bin_dir: bin_dir.display().to_string(),
         managers: 3,
         settings,

@@ -102,14 +102,6 @@ async fn main() {
     }
 }
 
-fn profile() -> &'static str {
-    if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    }
-}
-
 async fn run(mut args: Args) -> Result<()> {
     if args.quick {
         args.agents = 50;
@@ -150,7 +142,7 @@ async fn run(mut args: Args) -> Result<()> {
         )
     };
     let bin_dir = e2e::bins::bin_dir()?;
-    if profile() == "debug" {
+    if e2e::bench::profile() == "debug" {
         eprintln!(
             "bench-scale: a debug build measures debug binaries; for real figures run target/release/bench-scale"
         );
@@ -169,7 +161,7 @@ async fn run(mut args: Args) -> Result<()> {
     }
     let report = Report {
         benchmark: "bench-scale",
-        profile: profile(),
+        profile: e2e::bench::profile(),
         bin_dir: bin_dir.display().to_string(),
         managers: 3,
         settings,

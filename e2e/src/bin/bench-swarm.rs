@@ -164,11 +164,7 @@ fn run() -> Result<()> {
     let rows = rows(&ours, &swarm, &args);
     let report = Report {
         benchmark: "bench-swarm",
-        profile: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        profile: e2e::bench::profile(),
         replicas: args.replicas,
         docker_version: version,
         ours,

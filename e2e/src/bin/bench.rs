@@ -68,7 +68,7 @@ async fn run(args: Args) -> Result<bool> {
     let target_dir = bin_dir.parent().map_or_else(|| PathBuf::from("."), PathBuf::from);
     let out_dir = target_dir.join(if args.quick { "bench-suite-quick" } else { "bench-suite" });
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = e2e::bench::profile();
     let chosen: Vec<_> = SCENARIOS
         .iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))

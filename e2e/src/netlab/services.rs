@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 /// it and is killed only after the stop grace period).
 pub const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
 
+/// The A records busybox nslookup printed for a name (the server's own address left out).
+pub fn resolved(output: &str) -> std::collections::BTreeSet<String> {
+    let answers = output.split_once("Name:").map_or("", |(_, rest)| rest);
+    answers
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(|a| a.trim().trim_start_matches("1: ").to_string())
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .collect()
+}
+
 /// Whether a task (as `service ps --format json` gives it) runs and is meant to.
 pub fn is_running(task: &Value) -> bool {
     task["desired_state"] == "running" && task["state"] == "running"
@@ -22,6 +33,12 @@ impl NetLab {
         let mut full = vec!["service", "create", "-d"];
         full.extend_from_slice(args);
         self.cli(&full).map(drop)
+    }
+
+    /// `service inspect SERVICE` of one service, parsed.
+    pub fn inspect_service(&self, service: &str) -> Result<Value> {
+        let v = self.cli_json(&["service", "inspect", service])?;
+        Ok(if v.is_array() { v[0].clone() } else { v })
     }
 
     /// The host (1-based) whose agent runs `task` (as `service ps --format json` gives it).
