@@ -476,6 +476,15 @@ mod tests {
             }
         }
 
+        /// An executor over `rt` running in the background: its input and its statuses.
+        fn start(rt: &FakeRuntime) -> (mpsc::Sender<Input>, StatusQueue) {
+            let statuses = StatusQueue::default();
+            let (tx, rx) = mpsc::channel(4);
+            let ex = Executor::new(Arc::new(rt.clone()), Arc::new(NoImages), "/volumes".into(), statuses.clone());
+            tokio::spawn(ex.run(rx));
+            (tx, statuses)
+        }
+
         /// Waits until `f` holds for the statuses of `id` seen so far.
         async fn wait_for(
             statuses: &StatusQueue,
@@ -507,15 +516,7 @@ mod tests {
         #[tokio::test]
         async fn healthy_then_unhealthy_stops_the_container_as_failed() {
             let rt = FakeRuntime::new();
-            let statuses = StatusQueue::default();
-            let (tx, rx) = mpsc::channel(4);
-            let ex = Executor::new(
-                Arc::new(rt.clone()),
-                Arc::new(NoImages),
-                "/volumes".into(),
-                statuses.clone(),
-            );
-            tokio::spawn(ex.run(rx));
+            let (tx, statuses) = start(&rt);
             tx.send(Input::Full(vec![assign("t1")])).await.unwrap();
             let mut seen = Vec::new();
             wait_for(&statuses, &mut seen, "healthy", |s| {
@@ -578,15 +579,7 @@ mod tests {
                     ..Default::default()
                 },
             );
-            let statuses = StatusQueue::default();
-            let (tx, rx) = mpsc::channel(4);
-            let ex = Executor::new(
-                Arc::new(rt.clone()),
-                Arc::new(NoImages),
-                "/volumes".into(),
-                statuses.clone(),
-            );
-            tokio::spawn(ex.run(rx));
+            let (tx, statuses) = start(&rt);
             let mut a = assign("t2");
             a.task.as_mut().unwrap().state = "running".into();
             tx.send(Input::Full(vec![a])).await.unwrap();
